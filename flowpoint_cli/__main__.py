@@ -1,0 +1,3 @@
+from flowpoint_cli import main
+
+main()

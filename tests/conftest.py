@@ -1,0 +1,6 @@
+"""Shared pytest configuration: fixtures live in tests/fixtures/, one module per subsystem."""
+
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.sidecar",
+]
