@@ -27,6 +27,7 @@ format: install
 	ruff check --fix .
 
 bench: install
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PYTHON) -m load.bench
 
 load: install

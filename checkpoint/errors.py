@@ -14,6 +14,8 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "CorruptCheckpointError",
+    "DecryptionError",
+    "EncryptionKeyMissingError",
     "FlowpointError",
     "GraphMismatchError",
     "InputConflictError",
@@ -61,6 +63,23 @@ class CorruptCheckpointError(FlowpointError):
 
 class ChecksumMismatchError(CorruptCheckpointError):
     """The SHA-256 of a payload is not the one recorded with it."""
+
+
+class DecryptionError(CorruptCheckpointError):
+    """An encrypted checkpoint does not authenticate (AES-GCM tag check failed).
+
+    It was damaged, edited, or copied from another run, seq or tenant (those are bound
+    into the encryption): it is never used.
+    """
+
+
+class EncryptionKeyMissingError(CorruptCheckpointError):
+    """A checkpoint is encrypted with a key this process does not hold.
+
+    Encryption fails closed: the checkpoint cannot be read until the key (named in the
+    message) is added to ``FLOWPOINT_ENCRYPTION_KEYS`` or the keys file. It is handled
+    like a corrupt checkpoint everywhere (never used), though its bytes are intact.
+    """
 
 
 class PayloadTooLargeError(FlowpointError, ValueError):

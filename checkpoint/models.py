@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FieldSerializationInfo,
     SerializationInfo,
     ValidationError,
     ValidationInfo,
@@ -98,9 +99,10 @@ def _decode_user(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
-def _encode_user(value: Any, info: SerializationInfo) -> Any:
+def _encode_user(value: Any, info: SerializationInfo, path: str) -> Any:
+    # ``path`` locates the value in the checkpoint, so a CodecError says which field failed.
     if info.mode_is_json():
-        return codec.to_jsonable(value)
+        return codec.to_jsonable(value, path)
     return value
 
 
@@ -139,8 +141,8 @@ class NodeState(BaseModel):
         return _decode_user(v, info)
 
     @field_serializer("input", "output", "internal_state")
-    def _ser(self, v: Any, info: SerializationInfo) -> Any:
-        return _encode_user(v, info)
+    def _ser(self, v: Any, info: FieldSerializationInfo) -> Any:
+        return _encode_user(v, info, f"$.node_states.{self.node_id}.{info.field_name}")
 
 
 class PendingInput(BaseModel):
@@ -169,8 +171,8 @@ class PendingInput(BaseModel):
         return _decode_user(v, info)
 
     @field_serializer("metadata")
-    def _ser(self, v: Any, info: SerializationInfo) -> Any:
-        return _encode_user(v, info)
+    def _ser(self, v: Any, info: FieldSerializationInfo) -> Any:
+        return _encode_user(v, info, f"$.pending_inputs[{self.path}].metadata")
 
 
 class ParentRef(BaseModel):
@@ -219,8 +221,8 @@ class FlowCheckpoint(BaseModel):
         return _decode_user(v, info)
 
     @field_serializer("original_input", "metadata")
-    def _ser(self, v: Any, info: SerializationInfo) -> Any:
-        return _encode_user(v, info)
+    def _ser(self, v: Any, info: FieldSerializationInfo) -> Any:
+        return _encode_user(v, info, f"$.{info.field_name}")
 
     def completed_node_ids(self) -> list[str]:
         """Ids of nodes that succeeded: these never run again."""
@@ -271,7 +273,8 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
 def checkpoint_to_bytes(cp: FlowCheckpoint) -> bytes:
     """The canonical wire bytes of a checkpoint (what is hashed, sent and stored)."""
     try:
-        return codec.canonical_json(cp.model_dump(mode="json", by_alias=True))
+        # Model fields hold no floats and user values pass through to_jsonable: finite.
+        return codec.canonical_json(cp.model_dump(mode="json", by_alias=True), finite=True)
     except (ValueError, TypeError) as exc:
         # pydantic wraps CodecError raised inside serializers.
         cause = exc.__cause__ or exc.__context__
@@ -289,6 +292,8 @@ def checkpoint_from_bytes(data: bytes) -> FlowCheckpoint:
         doc = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptCheckpointError(f"checkpoint is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise CorruptCheckpointError("checkpoint JSON is nested too deeply to load") from None
     if not isinstance(doc, dict):
         raise CorruptCheckpointError("checkpoint is not a JSON object")
     doc = _migrate(doc)

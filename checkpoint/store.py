@@ -21,6 +21,11 @@ Semantics shared by all stores:
 Stores implement the ``*_sealed`` primitives on :class:`SealedCheckpoint`
 records; :class:`BaseStore` turns models into records and back, so every
 store verifies checksums the same way.
+
+Encryption at rest: give a store a :class:`checkpoint.crypto.Keyring` (``store.keyring =
+Keyring.load()``) and :meth:`BaseStore.seal_raw` encrypts each compressed blob (AES-GCM,
+bound to ``tenant_id/run_id/seq``) while :meth:`BaseStore.open_raw` decrypts it, in every
+store alike. Plain rows (written before encryption was on) still open.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from checkpoint import codec
+from checkpoint import codec, crypto
 from checkpoint.errors import CorruptCheckpointError
 from checkpoint.ids import validate_id
 from checkpoint.models import (
@@ -43,6 +48,7 @@ from checkpoint.models import (
     checkpoint_from_bytes,
     checkpoint_to_bytes,
 )
+from checkpoint.retention import SUMMARY_KEY, policy_summary
 
 __all__ = [
     "BaseStore",
@@ -157,11 +163,16 @@ class SealedCheckpoint:
 
 def summarize(cp: FlowCheckpoint) -> dict[str, Any]:
     """The listing summary of a checkpoint (stored beside the payload)."""
-    return {
+    summary: dict[str, Any] = {
         "completed": cp.completed_node_ids(),
         "pending_inputs": [p.path for p in cp.pending_inputs],
         "nodes": len(cp.node_states),
     }
+    # The run's retention policy, so the sidecar's retention task reads it without the payload.
+    policy = policy_summary(cp.metadata) if cp.metadata else None
+    if policy is not None:
+        summary[SUMMARY_KEY] = policy
+    return summary
 
 
 @runtime_checkable
@@ -209,6 +220,8 @@ class BaseStore(abc.ABC):
     compression_level: int = 3
     max_payload_bytes: int = codec.DEFAULT_MAX_DECOMPRESSED
     offload_bytes: int = 256 * 1024
+    #: Encrypts sealed blobs at rest when set (see the module docstring).
+    keyring: crypto.Keyring | None = None
 
     # -- model level (what the runtime calls) ---------------------------------------------
 
@@ -238,6 +251,9 @@ class BaseStore(abc.ABC):
     ) -> SealedCheckpoint:
         """Build a record from already-encoded canonical bytes of ``cp``."""
         sealed = codec.seal(raw, level=self.compression_level, sha256=sha256)
+        blob = sealed.blob
+        if self.keyring is not None:
+            blob = self.keyring.encrypt(blob, crypto.record_aad(cp.tenant_id, cp.run_id, cp.seq))
         return SealedCheckpoint(
             tenant_id=cp.tenant_id,
             flow_id=cp.flow_id,
@@ -247,7 +263,7 @@ class BaseStore(abc.ABC):
             schema_version=cp.schema_version,
             sha256=sealed.sha256,
             raw_size=sealed.raw_size,
-            blob=sealed.blob,
+            blob=blob,
             created_at=cp.created_at,
             summary=summarize(cp),
             trace_id=_trace_id(cp.trace_context),
@@ -259,8 +275,18 @@ class BaseStore(abc.ABC):
             return await asyncio.to_thread(self._open_record_sync, record)
         return self._open_record_sync(record)
 
+    def open_raw(self, record: SealedCheckpoint) -> bytes:
+        """The verified canonical bytes of a stored record (decrypted, decompressed, hashed).
+
+        Raises :class:`CorruptCheckpointError` (or a subclass: checksum mismatch,
+        decryption failure, missing encryption key) when they cannot be trusted.
+        """
+        aad = crypto.record_aad(record.tenant_id, record.run_id, record.seq)
+        blob = crypto.open_blob(self.keyring, record.blob, aad)
+        return codec.open_sealed(blob, record.sha256, max_size=self.max_payload_bytes)
+
     def _open_record_sync(self, record: SealedCheckpoint) -> FlowCheckpoint:
-        raw = codec.open_sealed(record.blob, record.sha256, max_size=self.max_payload_bytes)
+        raw = self.open_raw(record)
         cp = checkpoint_from_bytes(raw)
         if cp.run_id != record.run_id or cp.seq != record.seq:
             raise CorruptCheckpointError(

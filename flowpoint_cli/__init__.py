@@ -18,7 +18,14 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so each module can `from flowpoint_cli import app` to add its commands.
-    from flowpoint_cli import commands_db, commands_flow, commands_inspect, commands_serve  # noqa: F401
+    from flowpoint_cli import (  # noqa: F401
+        commands_db,
+        commands_demo,
+        commands_flow,
+        commands_inspect,
+        commands_serve,
+        commands_verify,
+    )
 
 
 def main() -> None:

@@ -2,5 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.postgres",
+    "tests.fixtures.prometheus",
     "tests.fixtures.sidecar",
+    "tests.fixtures.sidecar_store",
 ]

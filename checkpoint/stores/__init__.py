@@ -15,8 +15,17 @@ if TYPE_CHECKING:
     from checkpoint.stores.redis import RedisStore
     from checkpoint.stores.sidecar import SidecarStore
     from checkpoint.stores.sqlite import SQLiteStore
+    from checkpoint.stores.url import store_from_url
 
-__all__ = ["FileStore", "MemoryStore", "PostgresStore", "RedisStore", "SQLiteStore", "SidecarStore"]
+__all__ = [
+    "FileStore",
+    "MemoryStore",
+    "PostgresStore",
+    "RedisStore",
+    "SQLiteStore",
+    "SidecarStore",
+    "store_from_url",
+]
 
 _WHERE = {
     "MemoryStore": "checkpoint.stores.memory",
@@ -25,6 +34,7 @@ _WHERE = {
     "RedisStore": "checkpoint.stores.redis",
     "PostgresStore": "checkpoint.stores.postgres",
     "SidecarStore": "checkpoint.stores.sidecar",
+    "store_from_url": "checkpoint.stores.url",
 }
 
 

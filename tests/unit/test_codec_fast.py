@@ -1,0 +1,113 @@
+"""The codec's fast roads give exactly the bytes and values of the reference roads.
+
+``to_jsonable`` walks plain values without tracking paths, and ``canonical_json(...,
+finite=True)`` writes with orjson; both must be indistinguishable from the reference
+(``_to_jsonable`` with paths, ``json.dumps``), or checksums would change between
+processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from checkpoint import codec
+from checkpoint.errors import CodecError
+from tests.unit.test_codec_strategies import values
+
+
+def reference_json(obj: Any) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400)
+@given(json_values)
+def test_finite_canonical_json_equals_json_dumps(value: Any) -> None:
+    assert codec.canonical_json(value, finite=True) == reference_json(value)
+
+
+@settings(max_examples=300)
+@given(values)
+def test_fast_to_jsonable_equals_the_path_tracking_walk(value: Any) -> None:
+    try:
+        expected = codec._to_jsonable(value, "$", 0)
+    except CodecError as exc:
+        with pytest.raises(CodecError) as caught:
+            codec.to_jsonable(value)
+        assert str(caught.value) == str(exc)
+        return
+    got = codec.to_jsonable(value)
+    assert reference_json(got) == reference_json(expected)
+    assert codec.encode(value) == reference_json(expected)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [1e-05, 2.5e-07, 1e-4, 0.0001234, 1e16, 1.5e300, 5e-324, -1e-7, 123456789012345678.0],
+)
+def test_floats_orjson_writes_differently_fall_back(number: float) -> None:
+    obj = {"v": [number, -number, str(number)]}
+    assert codec.canonical_json(obj, finite=True) == reference_json(obj)
+
+
+def test_random_float_bit_patterns_match() -> None:
+    # Every finite double exponent range, including the ones orjson writes its own way.
+    checked = 0
+    for exponent in range(0, 2047):
+        for mantissa in (0, 1, 0x8000000000000, 0xFFFFFFFFFFFFF, 0x123456789ABCD):
+            bits = (exponent << 52) | mantissa
+            number = struct.unpack("<d", struct.pack("<Q", bits))[0]
+            if not math.isfinite(number):
+                continue
+            assert codec.canonical_json([number], finite=True) == reference_json([number])
+            checked += 1
+    assert checked > 10_000
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"big": 2**64},  # past orjson's 64 bits
+        {"nested": [[[[{"a": [[[]]]}]]]]},
+        {"text": "\u2028\u2029\x00\x1f\x7f\ud7ff\ue000\U0010ffff"},
+    ],
+)
+def test_values_orjson_refuses_or_escapes_match(obj: Any) -> None:
+    assert codec.canonical_json(obj, finite=True) == reference_json(obj)
+
+
+def test_deep_nesting_past_orjson_limit_falls_back() -> None:
+    obj: Any = []
+    for _ in range(300):
+        obj = [obj]
+    assert codec.canonical_json(obj, finite=True) == reference_json(obj)
+
+
+def test_lone_surrogate_is_still_refused() -> None:
+    with pytest.raises(CodecError):
+        codec.canonical_json({"s": "\ud800"}, finite=True)
+
+
+def test_errors_still_name_the_path() -> None:
+    with pytest.raises(CodecError, match=r"\$\.a\[1\]\.b"):
+        codec.to_jsonable({"a": [1, {"b": object()}]})
