@@ -129,19 +129,65 @@ def _sort_key(item: Any) -> bytes:
     return canonical_json(item)
 
 
-def to_jsonable(value: Any, _path: str = "$") -> Any:
+def to_jsonable(value: Any, _path: str = "$", *, share: bool = False) -> Any:
     """Turn ``value`` into plain JSON types, tagging what JSON cannot express.
 
-    ``_path`` names ``value`` in error messages (``$`` by default).
+    ``_path`` names ``value`` in error messages (``$`` by default). With ``share``, the
+    result reuses every part of ``value`` that is already plain JSON instead of copying
+    it (no allocation for a plain value): for callers that only serialize the result and
+    never mutate it.
     """
     try:
         try:
-            return _plain(value, 0)
+            return _shared(value, 0) if share else _plain(value, 0)
         except CodecError:
             # The fast walk does not track where it is: walk again, naming the culprit.
             return _to_jsonable(value, _path, 0)
     except RecursionError:  # a deep stack already: MAX_DEPTH is a guard, not a promise
         raise CodecError(f"value at {_path} is nested too deeply to checkpoint") from None
+
+
+_LEAVES: frozenset[type] = frozenset({str, int, bool, type(None)})
+
+
+def _shared(value: Any, depth: int) -> Any:
+    """:func:`_plain` that returns plain parts of ``value`` themselves, copying only
+    the containers on the way to a value that needed converting."""
+    kind = type(value)
+    if kind is str or kind is int or value is None or kind is bool:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else _to_jsonable(value, "$", depth)
+    if depth < MAX_DEPTH:
+        inner = depth + 1
+        if kind is dict:
+            if TAG not in value:
+                for key in value:
+                    if type(key) is not str:
+                        break
+                else:
+                    copy: dict[str, Any] | None = None
+                    for k, v in value.items():
+                        if type(v) in _LEAVES:  # inline: most values are leaves
+                            continue
+                        converted = _shared(v, inner)
+                        if converted is not v:
+                            if copy is None:
+                                copy = dict(value)
+                            copy[k] = converted
+                    return value if copy is None else copy
+        elif kind is list:
+            items: list[Any] | None = None
+            for i, v in enumerate(value):
+                if type(v) in _LEAVES:
+                    continue
+                converted = _shared(v, inner)
+                if converted is not v:
+                    if items is None:
+                        items = list(value)
+                    items[i] = converted
+            return value if items is None else items
+    return _to_jsonable(value, "$", depth)
 
 
 def _plain(value: Any, depth: int) -> Any:

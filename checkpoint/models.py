@@ -16,7 +16,7 @@ import datetime as dt
 import enum
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -270,17 +270,42 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+# checkpoint_to_bytes dumps the model without its user values and adds them itself:
+# pydantic would copy every user value twice (the serializer's result is walked again),
+# while to_jsonable(share=True) reuses what is already plain JSON, allocating nothing.
+_USER_FIELDS: Final = ("input", "output", "internal_state")
+_SKELETON: Final[dict[str, Any]] = {
+    "original_input": True,
+    "metadata": True,
+    "node_states": {"__all__": set(_USER_FIELDS)},
+    "pending_inputs": {"__all__": {"metadata"}},
+}
+
+
 def checkpoint_to_bytes(cp: FlowCheckpoint) -> bytes:
     """The canonical wire bytes of a checkpoint (what is hashed, sent and stored)."""
     try:
-        # Model fields hold no floats and user values pass through to_jsonable: finite.
-        return codec.canonical_json(cp.model_dump(mode="json", by_alias=True), finite=True)
+        doc = cp.model_dump(mode="json", by_alias=True, exclude=_SKELETON)
     except (ValueError, TypeError) as exc:
         # pydantic wraps CodecError raised inside serializers.
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, CodecError):
             raise cause from None
         raise CodecError(str(exc)) from exc
+    # The same values and error paths as the field serializers (see _encode_user).
+    share = codec.to_jsonable
+    doc["original_input"] = share(cp.original_input, "$.original_input", share=True)
+    doc["metadata"] = share(cp.metadata, "$.metadata", share=True)
+    for node_id, state in cp.node_states.items():
+        node_doc = doc["node_states"][node_id]
+        for name in _USER_FIELDS:
+            where = f"$.node_states.{state.node_id}.{name}"
+            node_doc[name] = share(getattr(state, name), where, share=True)
+    for pending, pending_doc in zip(cp.pending_inputs, doc["pending_inputs"], strict=True):
+        where = f"$.pending_inputs[{pending.path}].metadata"
+        pending_doc["metadata"] = share(pending.metadata, where, share=True)
+    # Model fields hold no floats and user values pass through to_jsonable: finite.
+    return codec.canonical_json(doc, finite=True)
 
 
 def checkpoint_from_bytes(data: bytes) -> FlowCheckpoint:

@@ -58,9 +58,7 @@ def policy_metadata(max_checkpoints: int | None, retention_days: float | None) -
 
 def policy_entries(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The policy keys of ``metadata`` as they are (for an index-only checkpoint header)."""
-    return {
-        k: metadata[k] for k in (META_MAX_CHECKPOINTS, META_RETENTION_DAYS) if k in metadata
-    }
+    return {k: metadata[k] for k in (META_MAX_CHECKPOINTS, META_RETENTION_DAYS) if k in metadata}
 
 
 def _valid_max(value: Any) -> bool:

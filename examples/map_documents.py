@@ -65,9 +65,7 @@ def build_digest(inputs: dict[str, Any]) -> dict[str, Any]:
 
 def build_flow(store: BaseStore | None) -> Flow:
     """The flow; the same as map_documents.yaml."""
-    checkpoint = (
-        CheckpointConfig(enabled=True, store=store, max_checkpoints=50) if store else None
-    )
+    checkpoint = CheckpointConfig(enabled=True, store=store, max_checkpoints=50) if store else None
     return Flow(
         id="documents",
         nodes=[

@@ -90,9 +90,7 @@ def build_flow(store: BaseStore | None) -> Flow:
             )
         ],
     )
-    checkpoint = (
-        CheckpointConfig(enabled=True, store=store, max_checkpoints=50) if store else None
-    )
+    checkpoint = CheckpointConfig(enabled=True, store=store, max_checkpoints=50) if store else None
     return Flow(
         id="support-ticket",
         nodes=[

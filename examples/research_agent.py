@@ -50,11 +50,7 @@ SYSTEM = "You are a careful research assistant. Ask for approval before publishi
 SCRIPT: list[dict[str, Any]] = [
     {"tool_calls": [{"name": "search", "arguments": {"query": "durable execution"}}]},
     {"tool_calls": [{"name": "search", "arguments": {"query": "human in the loop"}}]},
-    {
-        "tool_calls": [
-            {"name": "request_approval", "arguments": {"action": "publish the summary"}}
-        ]
-    },
+    {"tool_calls": [{"name": "request_approval", "arguments": {"action": "publish the summary"}}]},
     {
         "content": "Summary: checkpoint after every step and resume from the last one; "
         "pause for humans with pending inputs."
@@ -95,9 +91,7 @@ def write_report(inputs: dict[str, Any]) -> dict[str, Any]:
 
 def build_flow(store: BaseStore | None) -> Flow:
     """The flow; the same as research_agent.yaml."""
-    checkpoint = (
-        CheckpointConfig(enabled=True, store=store, max_checkpoints=50) if store else None
-    )
+    checkpoint = CheckpointConfig(enabled=True, store=store, max_checkpoints=50) if store else None
     return Flow(
         id="research",
         nodes=[

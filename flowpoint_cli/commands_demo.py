@@ -103,7 +103,10 @@ def _worker(url: str, run_id: str, mode: str, marker: Path) -> tuple[int, list[d
 def _one_demo(url: str, workdir: Path, quiet: bool = False) -> bool:
     run_id = f"demo-{uuid.uuid4().hex[:8]}"
     marker = workdir / run_id
-    show = (lambda *a: None) if quiet else console.print
+
+    def show(text: str) -> None:
+        if not quiet:
+            console.print(text)
 
     show(f"\n[bold]1. worker A runs {run_id}[/bold] (checkpoints go to the sidecar as OTLP spans)")
     code_a, events_a = _worker(url, run_id, "run", marker)

@@ -76,6 +76,7 @@ def build_flow(sidecar_url: str, marker_dir: Path) -> Flow:
 
 async def _main(sidecar_url: str, run_id: str, mode: str, marker_dir: Path) -> RunResult:
     flow = build_flow(sidecar_url, marker_dir)
+    assert flow.checkpoint is not None
     try:
         if mode == "run":
             return await flow.run({"ticket": "T-1042"}, run_id=run_id)

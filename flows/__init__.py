@@ -5,6 +5,11 @@
 >>> flow.run_sync("ann").output
 {'greet': 'hi ann'}
 
+Built-in nodes: :class:`FunctionNode`, :class:`Agent` (an LLM with tools,
+checkpointed every loop), :class:`Map` (a node or a sub-flow per item),
+:class:`HumanInput` and :class:`SubFlow`; :func:`load_yaml` builds flows from
+YAML files (see :mod:`flows.yaml_loader`).
+
 Writing a node type: subclass :class:`Node` and implement
 ``async execute(inputs, ctx)``; keep resumable progress in ``ctx.state`` and
 call ``await ctx.save_state()`` after each unit of work. Composite nodes build

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from opentelemetry import context as otel_context
 from pydantic import BaseModel, TypeAdapter
 
 from checkpoint import codec
@@ -82,6 +83,9 @@ class Snapshot:
     raw: bytes
     header: FlowCheckpoint
     done: asyncio.Future[None] | None = None
+    # The trace context of the moment the snapshot was taken: the async writer writes
+    # under it, so the checkpoint span stays a child of the node that produced it.
+    context: otel_context.Context | None = None
 
     def checkpoint(self) -> FlowCheckpoint:
         """The full checkpoint, decoded from the bytes (an independent copy)."""
@@ -306,6 +310,7 @@ class CheckpointWriter:
             self._task = asyncio.create_task(self._drain(), name=f"flowpoint writer {self.run_id}")
         if durable:
             snap.done = asyncio.get_running_loop().create_future()
+        snap.context = otel_context.get_current()
         # The lock keeps enqueue order = call order even while the queue is full
         # (asyncio.Queue lets a newcomer overtake a woken putter).
         async with self._lock:
@@ -347,7 +352,7 @@ class CheckpointWriter:
                         if self._fatal is not None:
                             raise self._fatal
                         if errors is None:
-                            await self._write(snap, records[index])
+                            await self._write_in_context(snap, records[index])
                         else:
                             await self._settle(snap, errors[index])
                         if snap.done is not None and not snap.done.done():
@@ -390,6 +395,14 @@ class CheckpointWriter:
         except Exception as exc:
             return [exc] * len(batch)
         return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def _write_in_context(self, snap: Snapshot, record: SealedCheckpoint | None) -> None:
+        token = otel_context.attach(snap.context) if snap.context is not None else None
+        try:
+            await self._write(snap, record)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     async def _write(self, snap: Snapshot, record: SealedCheckpoint | None = None) -> None:
         store = self.store

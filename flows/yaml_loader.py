@@ -372,10 +372,32 @@ def _importable_from(directory: Path) -> Iterator[None]:
                 pass
 
 
-def _import(ref: str, loc: Loc) -> Any:
+def _shadowed(module_name: str, directory: Path) -> str | None:
+    """Where an already imported module comes from, if the flow's directory has another one."""
+    top = module_name.partition(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is None:
+        return None
+    for local in (directory / f"{top}.py", directory / top / "__init__.py"):
+        if local.is_file():
+            origin = getattr(loaded, "__file__", None)
+            if origin is None or Path(origin).resolve() != local.resolve():
+                return str(origin or "a built-in module")
+    return None
+
+
+def _import(ref: str, loc: Loc, directory: Path) -> Any:
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise _Problem(loc, f"{ref!r} is not a 'module:function' reference")
+    other = _shadowed(module_name, directory)
+    if other is not None:
+        # Python would silently hand back the module already loaded under that name.
+        raise _Problem(
+            loc,
+            f"{ref!r}: a module named {module_name.partition('.')[0]!r} is already imported "
+            f"from {other}, not from the flow file's directory; rename the module",
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -472,13 +494,15 @@ class _Builder:
             return (*loc, *more)
 
         if isinstance(spec, FunctionSpec):
-            fn = _import(spec.fn, at("fn"))
+            fn = _import(spec.fn, at("fn"), self.directory)
             return self.attempt(  # type: ignore[no-any-return]
                 at("fn"), lambda: FunctionNode(id=spec.id, fn=fn, depends=depends)
             )
         if isinstance(spec, AgentSpec):
             model = self.model(spec.model, at("model"))
-            tools = [_import(ref, at("tools", j)) for j, ref in enumerate(spec.tools)]
+            tools = [
+                _import(ref, at("tools", j), self.directory) for j, ref in enumerate(spec.tools)
+            ]
             return self.attempt(  # type: ignore[no-any-return]
                 at("tools"),
                 lambda: Agent(

@@ -164,7 +164,6 @@ class RunState:
     status: CheckpointStatus = CheckpointStatus.ACTIVE
     claimed_by: str | None = None
     input_path: str | None = None
-    answered: bool = False
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     _messages: list[dict[str, Any]] = field(default_factory=list)
     _messages_size: int = 0
@@ -183,6 +182,11 @@ class RunState:
         start = min(self.final_size, 800)
         # A resumed run's closing checkpoint (past the plan) keeps the final size.
         return start + (self.final_size - start) * min(seq, self.saves) // max(1, self.saves)
+
+    @property
+    def messages_size(self) -> int:
+        """About how many bytes of JSON the conversation so far takes."""
+        return self._messages_size
 
     def messages_for(self, size: int) -> list[dict[str, Any]]:
         """The conversation, grown (append-only, like a real agent's) to about ``size`` bytes."""
@@ -251,7 +255,7 @@ def build_checkpoint(
     else:
         # Bulk and retrieval runs keep a short conversation beside their documents.
         messages = run.messages_for(min(4 * KB, size // 8))
-        docs = _documents(run, max(0, size - run._messages_size - 900))
+        docs = _documents(run, max(0, size - run.messages_size - 900))
         node_id = "retrieve" if run.kind.name == "retrieval" else "enrich"
         nodes[node_id] = NodeState(
             node_id=node_id,

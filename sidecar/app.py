@@ -64,6 +64,8 @@ def create_app(
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[_http_metrics(metrics), auth_middleware],
+        # /v1/traces inflates gzip itself, refusing truncated streams (see ingest._gunzip).
+        handler_args={"auto_decompress": False},
     )
     # The resume API reads through the spool while it holds checkpoints.
     app[STORE_KEY] = durability.view if durability is not None else store

@@ -130,6 +130,8 @@ class Durability:
         self._db_latest: OrderedDict[str, int] = OrderedDict()
         self._full_at = 0.0
         self._started = False
+        #: True while a batch is being replayed (its metrics are not counted yet).
+        self.replaying = False
         self.view = SpoolAwareStore(store, self)
         r = metrics.registry
         self.replayed_total = Counter(
@@ -313,6 +315,13 @@ class Durability:
         entries = self.spool.head(self.drain_batch, self.drain_bytes)
         if not entries:
             return 0
+        self.replaying = True
+        try:
+            return await self._replay(entries)
+        finally:
+            self.replaying = False
+
+    async def _replay(self, entries: list[SpoolEntry]) -> int:
         loaded: list[tuple[SpoolEntry, bytes, SealedCheckpoint]] = []
         quarantined: list[tuple[SpoolEntry, bytes]] = []
         frames = await self.spool.read_frames(entries)
@@ -477,7 +486,7 @@ class Durability:
             "status": "ok",
             "database": database,
             "breaker": self.breaker.snapshot().as_dict(),
-            "spool": self.spool.stats(),
+            "spool": {**self.spool.stats(), "replaying": self.replaying},
         }
         if database["reachable"] and not self.spool_full:
             return web.json_response(body)

@@ -6,10 +6,8 @@ checkpoint's answer: requests wait in a bounded queue, a background task sends t
 few retries, and whatever cannot be sent is counted (``flowpoint_other_spans_total``) and
 dropped, as telemetry is. Checkpoint spans are never forwarded: their payloads stay here.
 
-The sidecar's own work goes the same way: :class:`StageTracer` turns each checkpoint's
-trip through the sidecar into spans (``flowpoint.sidecar.save`` and one child per stage)
-under the worker's ``checkpoint.save`` span, so one trace shows node -> checkpoint ->
-commit. They are built directly as OTLP messages: no SDK, no extra thread.
+The sidecar's own stage spans are made by :mod:`sidecar.selftrace`; :class:`Stage` is the
+timing record it is given.
 """
 
 from __future__ import annotations
@@ -17,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -36,7 +31,7 @@ from tenacity import (
 from sidecar.logs import log_event
 from sidecar.metrics import Metrics
 
-__all__ = ["OtlpForwarder", "StageTracer"]
+__all__ = ["OtlpForwarder", "Stage"]
 
 log = logging.getLogger("flowpoint.sidecar.forward")
 
@@ -181,80 +176,3 @@ class Stage:
     name: str
     start_ns: int
     end_ns: int
-
-
-class StageTracer:
-    """Collects the sidecar's spans for a batch of checkpoints and hands them to a forwarder.
-
-    Only active when the forwarder has a target: spans nobody receives cost nothing.
-    """
-
-    SERVICE_NAME: Final = "flowpoint-sidecar"
-
-    def __init__(self, forwarder: OtlpForwarder) -> None:
-        self.forwarder = forwarder
-        self._pending: list[Span] = []
-
-    @property
-    def enabled(self) -> bool:
-        return self.forwarder.enabled
-
-    def add(
-        self,
-        trace_id: str,
-        parent_span_id: str,
-        start_ns: int,
-        end_ns: int,
-        stages: Sequence[Stage],
-        attributes: Mapping[str, str | int],
-        *,
-        error: str | None = None,
-    ) -> None:
-        """Record ``flowpoint.sidecar.save`` under ``parent_span_id``, one child per stage."""
-        if not (self.enabled and trace_id and parent_span_id):
-            return
-        trace = bytes.fromhex(trace_id)
-        root = self._span(trace, bytes.fromhex(parent_span_id), "flowpoint.sidecar.save")
-        root.start_time_unix_nano = start_ns
-        root.end_time_unix_nano = max(end_ns, start_ns)
-        for key, value in attributes.items():
-            kv = root.attributes.add()
-            kv.key = key
-            if isinstance(value, int):
-                kv.value.int_value = value
-            else:
-                kv.value.string_value = value
-        if error is not None:
-            root.status.code = Status.STATUS_CODE_ERROR
-            root.status.message = error
-        self._pending.append(root)
-        for stage in stages:
-            child = self._span(trace, root.span_id, f"flowpoint.sidecar.{stage.name}")
-            child.start_time_unix_nano = stage.start_ns
-            child.end_time_unix_nano = max(stage.end_ns, stage.start_ns)
-            self._pending.append(child)
-
-    def flush(self) -> None:
-        """Send what :meth:`add` collected as one OTLP request."""
-        if not self._pending:
-            return
-        spans, self._pending = self._pending, []
-        request = ExportTraceServiceRequest()
-        rs = request.resource_spans.add()
-        kv = rs.resource.attributes.add()
-        kv.key = "service.name"
-        kv.value.string_value = self.SERVICE_NAME
-        scope: ScopeSpans = rs.scope_spans.add()
-        scope.scope.name = "flowpoint.sidecar"
-        scope.spans.extend(spans)
-        self.forwarder.submit(request, len(spans), own=True)
-
-    @staticmethod
-    def _span(trace_id: bytes, parent: bytes, name: str) -> Span:
-        span = Span()
-        span.trace_id = trace_id
-        span.parent_span_id = parent
-        span.span_id = (random.getrandbits(64) or 1).to_bytes(8, "big")
-        span.name = name
-        span.kind = Span.SPAN_KIND_INTERNAL
-        return span

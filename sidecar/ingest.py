@@ -23,6 +23,7 @@ import hashlib
 import logging
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -386,6 +387,12 @@ class IngestService:
                 f": {detail}",
             )
 
+        if coding == "gzip":
+            inflated = await self._gunzip(body)
+            if isinstance(inflated, web.Response):
+                return inflated
+            body = inflated
+
         t_decode = timeline.decode_start = time.perf_counter()
         decode = otlp.decode_json if content_type == otlp.JSON else otlp.decode_protobuf
         try:
@@ -543,6 +550,30 @@ class IngestService:
             first = outcomes[0]
             resp.headers[OUTCOME_HEADER] = first if all(o == first for o in outcomes) else "mixed"
         return resp
+
+    async def _gunzip(self, body: bytes) -> bytes | web.Response:
+        """Inflate a gzip body ourselves: bounded, and refused unless the stream is whole.
+
+        aiohttp's own inflater (turned off in create_app) accepts a stream cut short: a
+        truncated body could then decode to a shorter, valid export, be answered 200, and
+        the cut-off checkpoints would be dropped from the worker's outbox.
+        """
+        if len(body) > self.offload_bytes:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _inflate_gzip, body, self.max_body_bytes
+            )
+        else:
+            result = _inflate_gzip(body, self.max_body_bytes)
+        if result is None:
+            return self._too_large(None)
+        if isinstance(result, str):
+            self.metrics.rejected("malformed")
+            return _error(
+                400,
+                "bad_content_encoding",
+                f"the request body could not be read as Content-Encoding 'gzip': {result}",
+            )
+        return result
 
     def _too_large(self, length: int | None) -> web.Response:
         self.metrics.rejected("too_large")
@@ -768,3 +799,19 @@ class IngestService:
                     data: dict[str, Any] = {"run_id": span.run_id, "seq": span.seq}
                     data.update(pending.model_dump(mode="json", by_alias=True))
                     publish(span.run_id, INPUT_REQUESTED, data)
+
+
+def _inflate_gzip(body: bytes, limit: int) -> bytes | str | None:
+    """The inflated body; None past ``limit``; a message when the stream is not whole gzip."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        return f"not a gzip stream ({exc})"
+    if len(out) > limit:
+        return None
+    if not inflater.eof:
+        return "the gzip stream is truncated (no end-of-stream and trailer)"
+    if inflater.unused_data:
+        return "bytes follow the end of the gzip stream"
+    return out

@@ -374,7 +374,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "GET",
         "/readyz",
         "readyz",
-        "Readiness: the database is reachable",
+        "Readiness: checkpoints can be made durable (the database, or the spool while it is down)",
         ("ops",),
         responses={200: ("ready", "status"), 503: ("not ready", "status")},
     ),

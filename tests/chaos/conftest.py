@@ -79,6 +79,7 @@ async def wait_drained(url: str, limit: float = 45.0) -> dict[str, Any]:
                 doc.get("status") == "ok"
                 and doc["breaker"]["state"] == "closed"
                 and doc["spool"]["records"] == 0
+                and not doc["spool"]["replaying"]
             ):
                 return doc
         await asyncio.sleep(0.1)

@@ -157,7 +157,8 @@ async def test_sigkill_while_the_breaker_is_open_then_drain_on_restart(
         assert _outbox_files(outbox) == 0  # every checkpoint was acknowledged (spooled)
         m = await scrape(first.url)
         spooled = int(metric(m, "flowpoint_checkpoints_total", outcome="spooled"))
-        assert spooled == len(acked) and metric(m, "flowpoint_breaker_state") == 2
+        # Open, or half-open while the drainer probes the still-down database: never closed.
+        assert spooled == len(acked) and metric(m, "flowpoint_breaker_state") in (1, 2)
         await asyncio.to_thread(_kill, first)
 
         # The next sidecar starts while PostgreSQL is still down: ready (degraded), and a

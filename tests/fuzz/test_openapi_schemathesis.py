@@ -45,7 +45,7 @@ from tests.fixtures.sidecar import make_checkpoint
 from tests.fuzz.conftest import CALL_TIMEOUT_S, ThreadedSidecar, post_checkpoints
 
 SEED = 20_261_127
-MAX_EXAMPLES = 40
+MAX_EXAMPLES = 30
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from checkpoint.errors import StoreUnavailableError
+from checkpoint.errors import ConfigError, StoreUnavailableError
 from checkpoint.models import FlowCheckpoint, checkpoint_to_bytes
 from checkpoint.stores.postgres import PostgresStore
 from sidecar.app import DURABILITY_KEY, create_app
@@ -248,7 +248,8 @@ async def test_healthy_database_stores_directly_and_readyz_says_so(
 async def test_outage_spools_serves_reads_from_the_spool_and_drains_in_order(
     launch: Callable[..., Awaitable[Durable]], client: aiohttp.ClientSession, spans: SpanRecorder
 ) -> None:
-    sc = await launch()
+    # A cooldown long enough that the breaker stays open while the checks below run.
+    sc = await launch(breaker_cooldown_seconds=3)
     assert (await send(client, sc, spans, make_checkpoint("run-a", 0)))[0] == 200
     sc.proxy.set("down")
 
@@ -259,7 +260,14 @@ async def test_outage_spools_serves_reads_from_the_spool_and_drains_in_order(
         assert status == 200, status
         assert headers["Flowpoint-Outcome"] == "spooled"
         acked += [("run-a", seq), ("run-b", seq)]
-    assert sc.durability.breaker.state.label == "open"
+
+    async def breaker_open() -> bool:
+        # One failed write, then the drainer's failed replay: two failures open it. Later
+        # saves of a run with spooled checkpoints go straight to the spool, so the second
+        # failure comes from the drainer, on its own schedule.
+        return sc.durability.breaker.state.label == "open"
+
+    await eventually(breaker_open)
     assert sc.durability.spool.records == 10
 
     m = await samples(client, sc)
@@ -297,7 +305,8 @@ async def test_outage_spools_serves_reads_from_the_spool_and_drains_in_order(
     sc.proxy.set("up")
 
     async def drained() -> bool:
-        return sc.durability.spool.records == 0 and sc.durability.breaker.state.label == "closed"
+        d = sc.durability
+        return await _empty(d) and d.breaker.state.label == "closed"
 
     await eventually(drained)
     stored = await rows(sc.dsn)
@@ -368,7 +377,7 @@ async def test_runs_with_spooled_records_keep_their_order(
 
 
 async def _empty(d: Durability) -> bool:
-    return d.spool.records == 0
+    return d.spool.records == 0 and not d.replaying
 
 
 async def test_a_record_refused_on_replay_goes_to_the_dead_letter_file(
@@ -494,8 +503,23 @@ async def test_a_stale_read_is_refused_when_postgresql_holds_a_newer_seq(
     assert record is not None and record.seq == 1
 
 
-async def test_metrics_and_readyz_are_unchanged_without_a_spool(pg_dsn: str) -> None:
+async def test_which_apps_get_the_spool(pg_dsn: str, tmp_path: Path) -> None:
     store = PostgresStore(pg_dsn)
-    app = create_app(Settings(port=0), store)
-    assert DURABILITY_KEY not in app
-    await store.close()
+    try:
+        assert DURABILITY_KEY not in create_app(Settings(port=0), store)  # in-process default
+        off = Settings(port=0, spool_dir=tmp_path / "s", spool=False)
+        assert DURABILITY_KEY not in create_app(off, store)
+        on = create_app(Settings(port=0, data_dir=tmp_path / "data"), store, durable=True)
+        assert on[DURABILITY_KEY].spool.directory == tmp_path / "data" / "spool"
+        assert on[DURABILITY_KEY].spool.database == urlsplit(pg_dsn).path.lstrip("/")
+        assert on[STORE_KEY] is on[DURABILITY_KEY].view
+    finally:
+        await store.close()
+
+
+async def test_a_second_sidecar_on_the_same_spool_is_refused(
+    launch: Callable[..., Awaitable[Durable]],
+) -> None:
+    first = await launch()
+    with pytest.raises(ConfigError, match="in use by another sidecar"):
+        await launch(spool_dir=first.spool_dir)

@@ -229,12 +229,21 @@ def _flaky_flow(store: Any, attempts: dict[str, int]) -> Flow:
     )
 
 
+@pytest.mark.parametrize("source", ["keys-file", "env"])
 async def test_encrypted_sidecar_process_end_to_end(
-    pg_dsn: str, tmp_path: Path, launch_sidecar: Callable[..., Awaitable[SidecarProcess]]
+    source: str,
+    pg_dsn: str,
+    tmp_path: Path,
+    launch_sidecar: Callable[..., Awaitable[SidecarProcess]],
 ) -> None:
-    keys_file = tmp_path / "keys"
-    keys_file.write_text(f"# active first\nk2:{K2}\nk1:{K1}\n")
-    sidecar = await launch_sidecar(pg_dsn, "--encryption-keys-file", str(keys_file))
+    if source == "keys-file":
+        keys_file = tmp_path / "keys"
+        keys_file.write_text(f"# active first\nk2:{K2}\nk1:{K1}\n")
+        sidecar = await launch_sidecar(pg_dsn, "--encryption-keys-file", str(keys_file))
+    else:
+        sidecar = await launch_sidecar(
+            pg_dsn, env={"FLOWPOINT_ENCRYPTION_KEYS": f"k2:{K2},k1:{K1}"}
+        )
     store = SidecarStore(sidecar.url, timeout=10.0)
     attempts: dict[str, int] = {}
     try:
@@ -258,3 +267,35 @@ async def test_encrypted_sidecar_process_end_to_end(
     # The keys file holds the only copy of the key material the process was given.
     assert base64.b64decode(K2) not in sidecar.log().encode()
     assert K2 not in sidecar.log()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--encryption-keys-file", "/nonexistent/keys"], {}, "cannot read encryption keys file"),
+        ([], {"FLOWPOINT_ENCRYPTION_KEYS": "k1:not-base64!"}, "not valid base64"),
+        ([], {"FLOWPOINT_ENCRYPTION_KEYS": "k1:" + K1[:8]}, "not valid base64|16, 24 or 32"),
+    ],
+)
+def test_serve_refuses_bad_keys_at_start(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.fixtures.sidecar import REPO_ROOT
+
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWPOINT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "flowpoint_cli", "serve", "--port", "0", *args],
+        cwd=str(REPO_ROOT),
+        env={**child_env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.search(message, done.stderr), done.stderr
+    assert K1[:8] not in done.stderr

@@ -488,3 +488,34 @@ def test_one_store_serves_successive_event_loops(pg_dsn: str) -> None:
     run = asyncio.run(store.get_run("loops"))
     assert run is not None and run.latest_seq == 1
     asyncio.run(store.close())
+
+
+async def test_an_operation_that_loses_its_connection_is_retried(
+    postgres_store: PostgresStore,
+) -> None:
+    calls: list[int] = []
+
+    async def flaky(conn: asyncpg.Connection) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            # What asyncpg raises when the server drops the session mid-operation.
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+        value: int = await conn.fetchval("SELECT 42")
+        return value
+
+    assert await postgres_store._run("test", flaky) == 42
+    assert len(calls) == 2
+
+
+async def test_an_unsafe_operation_is_not_retried_after_a_lost_connection(
+    postgres_store: PostgresStore,
+) -> None:
+    calls: list[int] = []
+
+    async def lost(conn: asyncpg.Connection) -> int:
+        calls.append(1)
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+
+    with pytest.raises(StoreUnavailableError):
+        await postgres_store._run("test", lost, retry=False)
+    assert len(calls) == 1

@@ -524,3 +524,17 @@ async def test_unreachable_collector_is_counted_and_never_delays_checkpoints(
         assert metric(samples, "flowpoint_other_spans_total", result="forwarded") == 0
     finally:
         await stop_inproc_sidecar(sidecar)
+
+
+async def test_a_gzip_body_cut_short_is_refused_and_nothing_is_stored(
+    sidecar_inproc: InprocSidecar, http: aiohttp.ClientSession, spans: SpanRecorder
+) -> None:
+    cp = make_checkpoint("gz-cut", 0, payload_bytes=20_000)
+    packed = gzip.compress(otlp_body([spans.checkpoint_span(cp)]))
+    for cut in (10, len(packed) // 2, len(packed) - 4):  # header, middle, inside the trailer
+        status, _, answer = await post(
+            http, sidecar_inproc, packed[:cut], {**PROTOBUF, "Content-Encoding": "gzip"}
+        )
+        assert status == 400, answer
+        assert error_of(answer)["error"] == "bad_content_encoding"
+    assert await sidecar_inproc.store.get("gz-cut", 0) is None

@@ -190,7 +190,7 @@ async def test_a_cached_tool_call_is_not_invoked_again(store: BaseStore) -> None
             raise OSError("disk full")
         return x * 2
 
-    script = [
+    script: list[Any] = [
         {
             "tool_calls": [
                 {"name": "first", "arguments": {"x": 1}},
@@ -288,7 +288,8 @@ async def test_a_node_can_be_a_tool_and_gets_the_arguments() -> None:
         return f"fetched {inputs['arguments']['url']}"
 
     node = FunctionNode(id="fetch", fn=fetch)
-    model = ScriptedChat([{"tool_calls": [{"name": "fetch", "arguments": {"url": "u"}}]}, "ok"])
+    fetch_script: list[Any] = [{"tool_calls": [{"name": "fetch", "arguments": {"url": "u"}}]}, "ok"]
+    model = ScriptedChat(fetch_script)
     agent = Agent(id="web", model=model, tools=[node])
     assert agent.tool_schemas[0]["function"]["name"] == "fetch"
     await Flow(id="nodes", nodes=[agent]).run({"question": "q"})
@@ -303,7 +304,7 @@ async def test_repeated_tool_call_ids_are_made_unique() -> None:
         counter.append(1)
         return len(counter)
 
-    same_id = {"tool_calls": [{"id": "call_0", "name": "tick", "arguments": {}}]}
+    same_id: dict[str, Any] = {"tool_calls": [{"id": "call_0", "name": "tick", "arguments": {}}]}
     model = ScriptedChat([same_id, same_id, "two ticks"])
     result = await Flow(id="ids", nodes=[Agent(id="a", model=model, tools=[tick])]).run(
         {"question": "q"}
@@ -331,7 +332,7 @@ async def test_a_tool_asks_a_human_and_the_agent_resumes_inside_the_same_loop(
         answer = ctx.interrupt(f"Refund {amount}?", schema=APPROVAL)
         return "refunded" if answer["approved"] else "declined"
 
-    script = [
+    script: list[Any] = [
         {"tool_calls": [{"name": "search", "arguments": {"q": "a"}}]},
         {"tool_calls": [{"name": "search", "arguments": {"q": "b"}}]},
         {
@@ -395,3 +396,40 @@ async def test_prompt_and_configuration_errors_are_clear() -> None:
         await Flow(id="p", nodes=[agent]).run({"question": "q"})
     assert isinstance(caught.value.__cause__, AgentError)
     assert "cannot be filled from the inputs" in str(caught.value)
+
+
+async def test_binary_files_kept_by_a_tool_are_byte_identical_after_restore(
+    store: BaseStore,
+) -> None:
+    """RFC behaviour 33: bytes in a tool's saved state come back exactly, across a pause."""
+    blob = bytes(range(256)) * 64 + b"\x00\xff"
+    seen: list[bytes] = []
+
+    def render_pdf(title: str, ctx: NodeContext) -> str:
+        """Render a document, then ask a human before sending it."""
+        files = ctx.state.setdefault("files", {})
+        if "report.pdf" not in files:
+            files["report.pdf"] = blob  # the expensive artifact, made once
+        ok = ctx.interrupt("Send the report?", schema={"type": "boolean"})
+        seen.append(files["report.pdf"])
+        return f"sent {len(files['report.pdf'])} bytes" if ok else "kept"
+
+    script: list[Any] = [
+        {"tool_calls": [{"name": "render_pdf", "arguments": {"title": "Q3"}}]},
+        "sent",
+    ]
+
+    def build() -> Flow:
+        agent = Agent(id="docs", model=ScriptedChat(script), tools=[render_pdf])
+        return Flow(id="files", nodes=[agent], checkpoint=config(store))
+
+    first = await build().run({"question": "send the report"}, run_id="b1")
+    [pending] = first.pending_inputs
+    cp = await store.get("b1")
+    assert cp is not None
+    tool_state = cp.node_states["docs"].internal_state["children"]["tools"]["children"]
+    assert tool_state["render_pdf#1"]["files"]["report.pdf"] == blob
+    done = await build().resume("b1", inputs={pending.path: True})
+    assert done.status is CheckpointStatus.COMPLETED
+    assert seen == [blob]
+    assert type(seen[0]) is bytes

@@ -111,3 +111,68 @@ def test_lone_surrogate_is_still_refused() -> None:
 def test_errors_still_name_the_path() -> None:
     with pytest.raises(CodecError, match=r"\$\.a\[1\]\.b"):
         codec.to_jsonable({"a": [1, {"b": object()}]})
+
+
+@settings(max_examples=300)
+@given(values)
+def test_shared_to_jsonable_equals_the_copying_one(value: Any) -> None:
+    try:
+        expected = codec.to_jsonable(value)
+    except CodecError as exc:
+        with pytest.raises(CodecError) as caught:
+            codec.to_jsonable(value, share=True)
+        assert str(caught.value) == str(exc)
+        return
+    assert reference_json(codec.to_jsonable(value, share=True)) == reference_json(expected)
+
+
+def test_shared_to_jsonable_reuses_plain_parts_and_copies_the_rest() -> None:
+    plain = {"a": [1, "x", None], "b": {"c": 1.5}}
+    assert codec.to_jsonable(plain, share=True) is plain
+    mixed = {"plain": plain, "t": (1, 2)}
+    out = codec.to_jsonable(mixed, share=True)
+    assert out is not mixed and out["plain"] is plain
+    assert out["t"] == {"$t": "tuple", "v": [1, 2]}
+    assert mixed["t"] == (1, 2)  # the caller's value is never changed
+
+
+@settings(max_examples=200)
+@given(values, values, values)
+def test_checkpoint_to_bytes_equals_the_model_dump_road(a: Any, b: Any, c: Any) -> None:
+    from checkpoint.errors import CodecError as _CodecError
+    from checkpoint.models import (
+        FlowCheckpoint,
+        NodeState,
+        NodeStatus,
+        PendingInput,
+        checkpoint_to_bytes,
+    )
+
+    cp = FlowCheckpoint(
+        flow_id="f",
+        run_id="r",
+        seq=1,
+        original_input=a,
+        metadata={"m": b},
+        node_states={
+            "n1": NodeState(
+                node_id="n1",
+                node_type="FunctionNode",
+                status=NodeStatus.SUCCEEDED,
+                input=b,
+                output=c,
+                internal_state={"s": a},
+            )
+        },
+        pending_inputs=[PendingInput(path="p", prompt="?", metadata={"x": c})],
+    )
+    try:
+        reference = codec.canonical_json(cp.model_dump(mode="json", by_alias=True))
+    except (ValueError, TypeError) as exc:  # pydantic wraps the CodecError
+        cause = exc.__cause__ or exc.__context__
+        assert isinstance(cause, _CodecError)
+        with pytest.raises(_CodecError) as caught:
+            checkpoint_to_bytes(cp)
+        assert str(caught.value) == str(cause)
+        return
+    assert checkpoint_to_bytes(cp) == reference

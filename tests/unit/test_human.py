@@ -221,3 +221,44 @@ async def test_an_unfillable_prompt_fails_the_node_with_a_clear_message() -> Non
     flow = Flow(id="f", nodes=[HumanInput(id="h", prompt="Approve {plan[title]}?")])
     with pytest.raises(NodeExecutionError, match=r"cannot be filled from the inputs"):
         await flow.run({})
+
+
+async def test_waiting_works_at_depth_and_for_map_iterations(store: BaseStore) -> None:
+    from flows import Map, SubFlow
+
+    asked: list[str] = []
+
+    def check(inputs: dict[str, Any], ctx: NodeContext) -> str:
+        asked.append(ctx.path)
+        return f"{inputs['item']}:{ctx.interrupt('ok?', schema={'type': 'boolean'})}"
+
+    inner = Flow(
+        id="inner",
+        nodes=[Map(id="docs", over="input", node=FunctionNode(id="check", fn=check))],
+    )
+    flow = Flow(
+        id="deep-wait",
+        nodes=[SubFlow(id="vet", flow=inner)],
+        checkpoint=CheckpointConfig(enabled=True, store=store),
+        wait_for_input_seconds=30,
+    )
+
+    async def human() -> None:
+        answered: set[str] = set()
+        while len(answered) < 2:
+            info = await store.get_run("deep")
+            for path in info.pending_inputs if info is not None else []:
+                if path not in answered:
+                    await store.submit_input("deep", path, path.endswith("[0]/check"))
+                    answered.add(path)
+            await asyncio.sleep(0.01)
+
+    helper = asyncio.create_task(human())
+    try:
+        result = await flow.run(["a", "b"], run_id="deep")
+    finally:
+        await helper
+    assert result.status is CheckpointStatus.COMPLETED
+    assert result.output == {"vet": {"docs": ["a:True", "b:False"]}}
+    assert sorted(set(asked)) == ["vet/docs[0]/check", "vet/docs[1]/check"]
+    assert all(r.consumed for r in await store.list_inputs("deep", include_consumed=True))

@@ -79,7 +79,7 @@ def nested_approval(store: BaseStore, log: list[str], model: ScriptedChat) -> Fl
     )
 
 
-SCRIPT = [
+SCRIPT: list[Any] = [
     {"tool_calls": [{"name": "lookup", "arguments": {"order": "A7"}}]},
     {"tool_calls": [{"name": "approve_refund", "arguments": {"amount": 80.0}}]},
     "The refund of 80 EUR is done.",

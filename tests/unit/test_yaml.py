@@ -107,8 +107,8 @@ def test_the_examples_load_with_their_node_types() -> None:
     vet = nested.by_id["vet"]
     assert isinstance(vet, SubFlow) and isinstance(vet.flow.by_id["triage"], Agent)
     docs = load_yaml(EXAMPLES / "map_documents.yaml", store="memory://")
-    assert isinstance(docs.by_id["summaries"], Map)
-    assert docs.by_id["summaries"].max_concurrency == 3  # type: ignore[attr-defined]
+    summaries = docs.by_id["summaries"]
+    assert isinstance(summaries, Map) and summaries.max_concurrency == 3
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -124,7 +124,9 @@ def problems_of(path: Path) -> list[str]:
 
 
 def test_an_import_failure_names_the_line_and_the_field(tmp_path: Path) -> None:
-    (tmp_path / "steps.py").write_text("def fetch(inputs):\n    return 1\n", encoding="utf-8")
+    (tmp_path / "yaml_etl_steps.py").write_text(
+        "def fetch(inputs):\n    return 1\n", encoding="utf-8"
+    )
     path = write(
         tmp_path,
         "flow.yaml",
@@ -133,7 +135,7 @@ def test_an_import_failure_names_the_line_and_the_field(tmp_path: Path) -> None:
         nodes:
           - id: fetch
             type: function
-            fn: "steps:fetch"
+            fn: "yaml_etl_steps:fetch"
           - id: clean
             type: function
             depends: [fetch]
@@ -336,3 +338,14 @@ def test_checkpoint_settings_come_from_the_file(tmp_path: Path) -> None:
         loads_yaml(
             "id: d\ncheckpoint: {enabled: true, store: 'ftp://x'}\n" + nodes, name="inline.yaml"
         )
+
+
+def test_a_module_shadowed_by_one_already_imported_is_refused(tmp_path: Path) -> None:
+    # Python would return the stdlib json module, not the flow's own json.py.
+    (tmp_path / "json.py").write_text("def loads(inputs):\n    return 1\n", encoding="utf-8")
+    path = write(
+        tmp_path, "shadow.yaml", "id: s\nnodes:\n  - {id: a, type: function, fn: 'json:loads'}\n"
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}:3: nodes[0].fn: 'json:loads': a module named 'json' is")
+    assert "rename the module" in problem

@@ -77,8 +77,10 @@ def test_the_human_output_lists_status_nodes_and_pending_inputs(workdir: Path) -
 
 def test_input_store_and_flow_options(workdir: Path) -> None:
     flow_file = workdir / "docs.yaml"
-    shutil.copy(EXAMPLES / "map_documents.yaml", flow_file)
-    shutil.copy(EXAMPLES / "map_documents.py", workdir / "map_documents.py")
+    # A copy next to its own module (named apart from the example, which may be imported).
+    text = (EXAMPLES / "map_documents.yaml").read_text(encoding="utf-8")
+    flow_file.write_text(text.replace("map_documents:", "cli_docs_steps:"), encoding="utf-8")
+    shutil.copy(EXAMPLES / "map_documents.py", workdir / "cli_docs_steps.py")
     store = f"sqlite:{workdir / 'runs.db'}"
     ran = invoke(
         "run",
@@ -124,13 +126,13 @@ def test_bad_arguments_and_files_are_clear_errors(workdir: Path) -> None:
 
 
 def test_a_failed_node_exits_1_with_the_resume_hint(workdir: Path) -> None:
-    (workdir / "steps.py").write_text(
+    (workdir / "cli_failing_steps.py").write_text(
         "def boom(inputs):\n    raise RuntimeError('backend down')\n", encoding="utf-8"
     )
     flow_file = workdir / "fails.yaml"
     flow_file.write_text(
         "id: fails\ncheckpoint: {enabled: true, store: 'file:ck'}\n"
-        "nodes:\n  - {id: boom, type: function, fn: 'steps:boom'}\n"
+        "nodes:\n  - {id: boom, type: function, fn: 'cli_failing_steps:boom'}\n"
     )
     failed = invoke("run", str(flow_file), "--run-id", "f1")
     assert failed.exit_code == 1
