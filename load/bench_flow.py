@@ -1,7 +1,7 @@
 """Per-node overhead of checkpointing in the flow runtime.
 
 A linear chain of 50 no-op async nodes runs with checkpointing off (no config,
-and ``enabled=False``) and with each local store (memory, file, SQLite) in each
+and ``enabled=False``) and with each store (memory, file, SQLite, Redis, PostgreSQL) in each
 durability mode (sync, async, exit). Each figure is the median of several runs,
 in microseconds per node, and the overhead is the difference to the
 no-config baseline. Two times are measured per run:
@@ -19,32 +19,81 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from checkpoint import CheckpointConfig
+from checkpoint import CheckpointConfig, FlowpointError
 from checkpoint.store import BaseStore
 from checkpoint.stores.file import FileStore
 from checkpoint.stores.memory import MemoryStore
+from checkpoint.stores.postgres import PostgresStore
+from checkpoint.stores.postgres.embedded import EmbeddedPostgres
+from checkpoint.stores.redis import RedisStore
 from checkpoint.stores.sqlite import SQLiteStore
 from flows import Flow, FunctionNode
 
 NODES = 50
-STORES = ("memory", "file", "sqlite")
+STORES = ("memory", "file", "sqlite", "redis", "postgres")
+REDIS_URL = os.environ.get("FLOWPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MODES = ("sync", "async", "exit")
 
 
-def _make_store(kind: str, directory: Path) -> BaseStore:
+def _make_store(kind: str, directory: Path, pg_dsn: str | None) -> BaseStore | None:
+    """The store to measure, or None when its server is not available."""
     if kind == "memory":
         return MemoryStore()
     if kind == "file":
         return FileStore(directory / "ckpts")
-    return SQLiteStore(directory / "ckpts.db")
+    if kind == "sqlite":
+        return SQLiteStore(directory / "ckpts.db")
+    if kind == "redis":
+        return RedisStore(REDIS_URL, prefix=f"flowpoint-bench:{uuid.uuid4().hex}:")
+    return PostgresStore(pg_dsn) if pg_dsn else None
+
+
+async def _redis_reachable() -> bool:
+    store = RedisStore(REDIS_URL, prefix="flowpoint-bench-ping:", socket_timeout=1.0)
+    try:
+        await store.list_runs(limit=1)
+        return True
+    except FlowpointError:
+        return False
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _postgres() -> AsyncIterator[str | None]:
+    """FLOWPOINT_DATABASE_URL, or an embedded PostgreSQL (fsync on) for the run."""
+    url = os.environ.get("FLOWPOINT_DATABASE_URL")
+    if url:
+        yield url
+        return
+    root = Path(tempfile.mkdtemp(prefix="flowpoint-bench-pg-"))
+    os.chmod(root, 0o755)  # the server runs as `nobody` when we are root
+    server = EmbeddedPostgres(root / "data")
+    try:
+        await server.astart()
+        yield await server.ensure_database("flowpoint_bench")
+    finally:
+        if server.running:
+            await server.astop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _drop_redis_keys(store: BaseStore) -> None:
+    # Each Redis store has its own key prefix: delete every run it wrote.
+    while runs := (await store.list_runs(limit=100)).runs:
+        for run in runs:
+            await store.delete_run(run.run_id)
 
 
 def _flow(checkpoint: CheckpointConfig | None, marks: list[float]) -> Flow:
@@ -70,12 +119,13 @@ async def _measure(checkpoint: CheckpointConfig | None, runs: int) -> tuple[floa
     """Median (total, nodes) microseconds per node over ``runs`` runs (after a warm-up)."""
     marks: list[float] = []
     flow = _flow(checkpoint, marks)
+    tag = uuid.uuid4().hex[:8]  # stores that outlive one measurement get fresh run ids
     totals: list[float] = []
     nodes: list[float] = []
     for i in range(runs + 1):
         marks.clear()
         start = time.perf_counter()
-        await flow.run(None, run_id=f"run-{i}")
+        await flow.run(None, run_id=f"run-{tag}-{i}")
         end = time.perf_counter()
         if i == 0:
             continue  # warm-up: imports, connections, first files
@@ -91,17 +141,26 @@ async def _bench(runs: int, print_fn: Callable[[str], Any]) -> list[dict[str, An
     disabled = CheckpointConfig(enabled=False, store=MemoryStore())
     total, nodes = await _measure(disabled, runs)
     rows.append({"store": "memory", "mode": "enabled=False", "total": total, "nodes": nodes})
-    for kind in STORES:
-        for mode in MODES:
-            directory = Path(tempfile.mkdtemp(prefix="flowpoint-bench-"))
-            store = _make_store(kind, directory)
-            try:
-                config = CheckpointConfig(enabled=True, store=store, durability=mode)  # type: ignore[arg-type]
-                total, nodes = await _measure(config, runs)
-            finally:
-                await store.close()
-                shutil.rmtree(directory, ignore_errors=True)
-            rows.append({"store": kind, "mode": mode, "total": total, "nodes": nodes})
+    redis_ok = await _redis_reachable()
+    async with _postgres() as pg_dsn:
+        for kind in STORES:
+            if kind == "redis" and not redis_ok:
+                print_fn(f"redis: not reachable at {REDIS_URL}, skipped")
+                continue
+            for mode in MODES:
+                directory = Path(tempfile.mkdtemp(prefix="flowpoint-bench-"))
+                store = _make_store(kind, directory, pg_dsn)
+                if store is None:
+                    break
+                try:
+                    config = CheckpointConfig(enabled=True, store=store, durability=mode)  # type: ignore[arg-type]
+                    total, nodes = await _measure(config, runs)
+                finally:
+                    if kind == "redis":
+                        await _drop_redis_keys(store)
+                    await store.close()
+                    shutil.rmtree(directory, ignore_errors=True)
+                rows.append({"store": kind, "mode": mode, "total": total, "nodes": nodes})
     print_fn(
         f"flow checkpoint overhead: {NODES}-node linear chain of no-op async nodes, "
         f"median of {runs} runs, microseconds per node"
