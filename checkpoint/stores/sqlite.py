@@ -12,22 +12,27 @@ transactions, which take SQLite's write lock up front, so put, claim and
 consume are atomic even against other processes using the same file
 (``busy_timeout`` makes them wait for each other). Times are stored as integer
 microseconds since the epoch and come back as aware UTC datetimes.
+
+Puts are the hot path, so a put (or a batch of them, ``put_sealed_many``) runs
+its whole transaction as one synchronous call on the connection's thread: one
+thread hop instead of one per statement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
-from checkpoint.errors import InputConflictError, RunNotFoundError, StoreError
+from checkpoint.errors import FlowpointError, InputConflictError, RunNotFoundError, StoreError
 from checkpoint.ids import validate_id
 from checkpoint.models import CheckpointStatus
 from checkpoint.store import (
@@ -44,6 +49,8 @@ from checkpoint.stores import rules
 from checkpoint.stores.rules import RunRow
 
 __all__ = ["SQLiteStore"]
+
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -113,6 +120,23 @@ def _row_of(r: Sequence[Any]) -> RunRow:
     )
 
 
+def _row_values(row: RunRow) -> tuple[Any, ...]:
+    return (
+        row.run_id,
+        row.tenant_id,
+        row.flow_id,
+        row.status.value,
+        row.latest_seq,
+        json.dumps(row.pending_inputs),
+        row.created_at,
+        row.updated_at,
+        row.epoch,
+        row.claim_worker,
+        row.claim_expires,
+        row.claim_seq,
+    )
+
+
 def _summary_of(r: Sequence[Any]) -> CheckpointSummary:
     return CheckpointSummary(
         run_id=r[0],
@@ -133,6 +157,102 @@ def _input_of(r: Sequence[Any]) -> InputRecord:
         submitted_at=rules.from_micros(r[3]),
         consumed=bool(r[4]),
     )
+
+
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """Call ``fn(sqlite3_connection)`` on the aiosqlite connection's own thread.
+
+    aiosqlite has no public API for this; ``_execute`` (queue a callable on the
+    connection thread) and ``_conn`` (the sqlite3 connection) are stable since
+    0.17. The sqlite3 connection must only be touched on that thread.
+    """
+    raw = conn._conn
+    result: _T = await conn._execute(fn, raw)  # type: ignore[no-untyped-call]
+    return result
+
+
+def _transaction(body: Callable[[sqlite3.Connection], _T], raw: sqlite3.Connection) -> _T:
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(raw)
+        raw.execute("COMMIT")
+    except BaseException:
+        # SQLite may already have rolled back (e.g. on SQLITE_FULL); a second
+        # ROLLBACK would raise and hide the real error.
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _put_batch(
+    items: Sequence[tuple[SealedCheckpoint, int]], raw: sqlite3.Connection
+) -> list[PutOutcome | FlowpointError]:
+    """Decide and write ``items`` in order inside the caller's transaction.
+
+    Run rows are read once per run and written once at the end; checksums of
+    keys stored earlier in the batch are kept so in-batch repeats see them.
+    """
+    rows: dict[str, RunRow | None] = {}
+    changed: dict[str, RunRow] = {}
+    stored: dict[tuple[str, int], str] = {}
+    inserts: list[tuple[Any, ...]] = []
+    results: list[PutOutcome | FlowpointError] = []
+    for record, epoch in items:
+        run_id = record.run_id
+        if run_id not in rows:
+            r = raw.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+            found = r.fetchone()
+            rows[run_id] = _row_of(found) if found is not None else None
+        row = rows[run_id]
+        key = (run_id, record.seq)
+        existing = stored.get(key)
+        if existing is None:
+            hit = raw.execute(
+                "SELECT sha256 FROM checkpoints WHERE run_id = ? AND seq = ?", key
+            ).fetchone()
+            existing = hit[0] if hit is not None else None
+        try:
+            outcome = rules.check_put(row, existing, record, epoch)
+        except FlowpointError as exc:
+            results.append(exc)
+            continue
+        if outcome is not None:
+            results.append(outcome)
+            continue
+        inserts.append(
+            (
+                run_id,
+                record.seq,
+                record.tenant_id,
+                record.flow_id,
+                str(record.status),
+                record.schema_version,
+                record.sha256,
+                record.raw_size,
+                len(record.blob),
+                rules.to_micros(record.created_at),
+                json.dumps(record.summary),
+                record.trace_id,
+                record.blob,
+            )
+        )
+        stored[key] = record.sha256
+        row = rules.apply_put(row, record, rules.now_micros())
+        rows[run_id] = changed[run_id] = row
+        results.append("stored")
+    if inserts:
+        raw.executemany(
+            "INSERT INTO checkpoints (run_id, seq, tenant_id, flow_id, status, schema_version, "
+            "sha256, raw_size, stored_size, created_at, summary, trace_id, blob) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            inserts,
+        )
+        raw.executemany(
+            f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [_row_values(row) for row in changed.values()],
+        )
+    return results
 
 
 class SQLiteStore(BaseStore):
@@ -200,6 +320,19 @@ class SQLiteStore(BaseStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite store {self.path} failed: {exc}") from exc
 
+    async def _transact(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``body`` in a ``BEGIN IMMEDIATE`` transaction in ONE hop to the connection thread.
+
+        Every awaited aiosqlite statement is a round trip to its thread; a put took
+        about ten of them. Here the whole transaction is one synchronous call.
+        """
+        async with self._lock.get():
+            try:
+                conn = await self._connect()
+                return await _in_thread(conn, functools.partial(_transaction, body))
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path} failed: {exc}") from exc
+
     async def close(self) -> None:
         """Close the connection; the store reconnects if used again."""
         conn, self._conn = self._conn, None
@@ -226,58 +359,52 @@ class SQLiteStore(BaseStore):
     async def _save_row(conn: aiosqlite.Connection, row: RunRow) -> None:
         await conn.execute(
             f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                row.run_id,
-                row.tenant_id,
-                row.flow_id,
-                row.status.value,
-                row.latest_seq,
-                json.dumps(row.pending_inputs),
-                row.created_at,
-                row.updated_at,
-                row.epoch,
-                row.claim_worker,
-                row.claim_expires,
-                row.claim_seq,
-            ),
+            _row_values(row),
         )
 
     # -- put / get -----------------------------------------------------------------------
 
     async def put_sealed(self, record: SealedCheckpoint, *, epoch: int = 0) -> PutOutcome:
         rules.validate_record(record)
-        async with self._write() as conn:
-            row = await self._fetch_row(conn, record.run_id)
-            async with conn.execute(
-                "SELECT sha256 FROM checkpoints WHERE run_id = ? AND seq = ?",
-                (record.run_id, record.seq),
-            ) as cur:
-                existing = await cur.fetchone()
-            outcome = rules.check_put(row, existing[0] if existing else None, record, epoch)
-            if outcome is not None:
-                return outcome
-            await conn.execute(
-                "INSERT INTO checkpoints (run_id, seq, tenant_id, flow_id, status, "
-                "schema_version, sha256, raw_size, stored_size, created_at, summary, trace_id, "
-                "blob) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    record.run_id,
-                    record.seq,
-                    record.tenant_id,
-                    record.flow_id,
-                    str(record.status),
-                    record.schema_version,
-                    record.sha256,
-                    record.raw_size,
-                    len(record.blob),
-                    rules.to_micros(record.created_at),
-                    json.dumps(record.summary),
-                    record.trace_id,
-                    record.blob,
-                ),
-            )
-            await self._save_row(conn, rules.apply_put(row, record, rules.now_micros()))
-            return "stored"
+        [result] = await self._put_valid([(record, epoch)])
+        if isinstance(result, FlowpointError):
+            raise result
+        return result
+
+    async def put_sealed_many(
+        self, items: Sequence[tuple[SealedCheckpoint, int]]
+    ) -> list[PutOutcome | FlowpointError]:
+        """Write many records (each with its claim epoch) in one transaction.
+
+        Returns, per item and in order, ``"stored"``, ``"duplicate"`` or the
+        error refusing it (:class:`SeqConflictError`, :class:`StaleEpochError`,
+        :class:`TenantMismatchError`, :class:`InvalidIdError`); a refused item
+        does not fail the others. Each item is decided exactly as
+        :meth:`put_sealed` would decide it after the items before it, so several
+        items with the same ``(run_id, seq)`` are fine: the first is stored, the
+        rest are duplicates or conflicts. Raises :class:`StoreError` when the
+        batch could not be committed (nothing of it was).
+        """
+        results: list[PutOutcome | FlowpointError | None] = [None] * len(items)
+        valid: list[tuple[SealedCheckpoint, int]] = []
+        positions: list[int] = []
+        for index, (record, epoch) in enumerate(items):
+            try:
+                rules.validate_record(record)
+            except FlowpointError as exc:
+                results[index] = exc
+                continue
+            valid.append((record, epoch))
+            positions.append(index)
+        if valid:
+            for index, outcome in zip(positions, await self._put_valid(valid), strict=True):
+                results[index] = outcome
+        return [r for r in results if r is not None]
+
+    async def _put_valid(
+        self, items: list[tuple[SealedCheckpoint, int]]
+    ) -> list[PutOutcome | FlowpointError]:
+        return await self._transact(functools.partial(_put_batch, items))
 
     async def get_sealed(self, run_id: str, seq: int | None = None) -> SealedCheckpoint | None:
         validate_id(run_id, "run_id")
