@@ -641,6 +641,7 @@ class IngestService:
         queue_stage = m.stage["queue"]
         stored: list[Prepared] = []
         failed_batch = False
+        debug = log.isEnabledFor(logging.DEBUG)
         for item, result in zip(items, results, strict=True):
             p: Prepared = item.context
             queue_stage.observe(max(0.0, started - item.enqueued))
@@ -659,16 +660,17 @@ class IngestService:
                 m.stored_bytes.observe(p.record.stored_size)
                 if p.record.stored_size:
                     m.checkpoint_compression_ratio.observe(p.record.raw_size / p.record.stored_size)
-                log_event(
-                    log,
-                    logging.DEBUG,
-                    "checkpoint stored",
-                    trace_id=span.trace_id or None,
-                    run_id=span.run_id,
-                    seq=span.seq,
-                    outcome=result,
-                    latency_ms=round(latency * 1000, 3),
-                )
+                if debug:  # the fields are built per checkpoint: only when they are logged
+                    log_event(
+                        log,
+                        logging.DEBUG,
+                        "checkpoint stored",
+                        trace_id=span.trace_id or None,
+                        run_id=span.run_id,
+                        seq=span.seq,
+                        outcome=result,
+                        latency_ms=round(latency * 1000, 3),
+                    )
             elif result == "duplicate":
                 m.outcome["duplicate"].inc()
                 log_event(

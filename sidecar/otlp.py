@@ -165,7 +165,11 @@ def encode_response(content_type: str) -> tuple[bytes, str]:
     """An empty ``ExportTraceServiceResponse`` (full success) in the request's encoding."""
     if content_type == JSON:
         return b"{}", JSON
-    return ExportTraceServiceResponse().SerializeToString(), PROTOBUF
+    return _EMPTY_RESPONSE, PROTOBUF
+
+
+# Answered on every accepted export: serialized once, not per request.
+_EMPTY_RESPONSE: Final = ExportTraceServiceResponse().SerializeToString()
 
 
 def _hex_ids_to_base64(doc: dict[str, Any]) -> None:
@@ -277,11 +281,10 @@ def other_spans_request(request: ExportTraceServiceRequest) -> ExportTraceServic
 
 
 def _checkpoint_span(span: Any) -> CheckpointSpan:
-    attrs: dict[str, AnyValue] = {}
-    for kv in span.attributes:
-        if kv.key.startswith("flowpoint."):
-            attrs[kv.key] = kv.value
-    where = _where(attrs)
+    attrs: dict[str, AnyValue] = {
+        kv.key: kv.value for kv in span.attributes if kv.key.startswith("flowpoint.")
+    }
+    where = _Where(attrs)
     try:
         tenant_id = validate_id(_string(attrs, ATTR.TENANT_ID, where), "flowpoint.tenant_id")
         flow_id = validate_id(_string(attrs, ATTR.FLOW_ID, where), "flowpoint.flow_id")
@@ -319,6 +322,21 @@ def _checkpoint_span(span: Any) -> CheckpointSpan:
     )
 
 
+class _Where:
+    """`` run#seq`` for error messages, formatted only when a message is built."""
+
+    __slots__ = ("_attrs",)
+
+    def __init__(self, attrs: dict[str, AnyValue]) -> None:
+        self._attrs = attrs
+
+    def __str__(self) -> str:
+        return _where(self._attrs)
+
+    def __format__(self, spec: str) -> str:
+        return format(_where(self._attrs), spec)
+
+
 def _where(attrs: dict[str, AnyValue]) -> str:
     run = attrs.get(ATTR.RUN_ID)
     seq = attrs.get(ATTR.SEQ)
@@ -328,21 +346,21 @@ def _where(attrs: dict[str, AnyValue]) -> str:
     return f" {run.string_value[:128]}{suffix}"
 
 
-def _missing(key: str, where: str, expected: str) -> InvalidCheckpointSpanError:
+def _missing(key: str, where: _Where, expected: str) -> InvalidCheckpointSpanError:
     return InvalidCheckpointSpanError(
         f"checkpoint span{where} has no {key} attribute ({expected} required by the "
         "checkpoint span contract)"
     )
 
 
-def _wrong(key: str, where: str, expected: str, value: AnyValue) -> InvalidCheckpointSpanError:
+def _wrong(key: str, where: _Where, expected: str, value: AnyValue) -> InvalidCheckpointSpanError:
     kind = value.WhichOneof("value") or "empty"
     return InvalidCheckpointSpanError(
         f"checkpoint span{where}: {key} must be {expected}, got {kind.removesuffix('_value')}"
     )
 
 
-def _string(attrs: dict[str, AnyValue], key: str, where: str) -> str:
+def _string(attrs: dict[str, AnyValue], key: str, where: _Where) -> str:
     value = attrs.get(key)
     if value is None:
         raise _missing(key, where, "a string")
@@ -352,7 +370,7 @@ def _string(attrs: dict[str, AnyValue], key: str, where: str) -> str:
 
 
 def _int(
-    attrs: dict[str, AnyValue], key: str, where: str, *, minimum: int, maximum: int = _INT64_MAX
+    attrs: dict[str, AnyValue], key: str, where: _Where, *, minimum: int, maximum: int = _INT64_MAX
 ) -> int:
     value = attrs.get(key)
     if value is None:
@@ -372,7 +390,7 @@ def _int(
     return number
 
 
-def _payload(attrs: dict[str, AnyValue], where: str) -> bytes:
+def _payload(attrs: dict[str, AnyValue], where: _Where) -> bytes:
     value = attrs.get(ATTR.PAYLOAD)
     if value is None:
         raise _missing(ATTR.PAYLOAD, where, "bytes")

@@ -125,7 +125,9 @@ class GroupCommitWriter:
         self.max_inflight = max_inflight
         self.observer = observer
         self._queue: deque[PendingWrite] = deque()
-        self._work = asyncio.Event()
+        # Idle flushers, each parked on its own future: a submit wakes one of them, not all
+        # (an Event would wake every flusher per request, only for all but one to sleep again).
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._filled = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0
@@ -148,7 +150,8 @@ class GroupCommitWriter:
     async def close(self) -> None:
         """Stop accepting records, commit everything queued, then stop the flushers."""
         self._closing = True
-        self._work.set()
+        while self._idle:
+            self._wake_one()
         self._filled.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -190,20 +193,30 @@ class GroupCommitWriter:
             fut: asyncio.Future[WriteResult] = loop.create_future()
             self._queue.append(PendingWrite(record, epoch, fut, context))
             futures.append(fut)
-        self._work.set()
+        self._wake_one()
         if len(self._queue) >= self.max_batch:
             self._filled.set()
         return futures
 
     # -- flushing ----------------------------------------------------------------------------
 
+    def _wake_one(self) -> None:
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():  # a cancelled flusher leaves a done future behind
+                waiter.set_result(None)
+                return
+
     async def _flusher(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
                 if self._closing:
                     return
-                self._work.clear()
-                await self._work.wait()
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
             if self._inflight > 0 and len(self._queue) < self.max_batch and self.max_wait > 0:
                 # Another batch holds the database: let this one fill meanwhile.
                 self._filled.clear()
@@ -212,6 +225,8 @@ class GroupCommitWriter:
                 if not self._queue:
                     continue  # another flusher took them
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            if self._queue:
+                self._wake_one()  # more than one batch waits: another flusher takes the rest
             self._inflight += 1
             try:
                 await self._commit(batch)
