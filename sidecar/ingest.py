@@ -661,36 +661,27 @@ class IngestService:
                 if p.record.stored_size:
                     m.checkpoint_compression_ratio.observe(p.record.raw_size / p.record.stored_size)
                 if debug:  # the fields are built per checkpoint: only when they are logged
-                    log_event(
-                        log,
+                    _log_checkpoint(
                         logging.DEBUG,
                         "checkpoint stored",
-                        trace_id=span.trace_id or None,
-                        run_id=span.run_id,
-                        seq=span.seq,
+                        span,
                         outcome=result,
                         latency_ms=round(latency * 1000, 3),
                     )
             elif result == "duplicate":
                 m.outcome["duplicate"].inc()
-                log_event(
-                    log,
+                _log_checkpoint(
                     logging.INFO,
                     "checkpoint already stored",
-                    trace_id=span.trace_id or None,
-                    run_id=span.run_id,
-                    seq=span.seq,
+                    span,
                     outcome="duplicate",
                 )
             elif isinstance(result, (SeqConflictError, StaleEpochError)):
                 m.outcome["conflict"].inc()
-                log_event(
-                    log,
+                _log_checkpoint(
                     logging.WARNING,
                     "checkpoint conflict",
-                    trace_id=span.trace_id or None,
-                    run_id=span.run_id,
-                    seq=span.seq,
+                    span,
                     outcome="conflict",
                     error=type(result).__name__,
                     detail=str(result),
@@ -701,16 +692,13 @@ class IngestService:
                 reason = (
                     "tenant_mismatch"
                     if isinstance(result, TenantMismatchError)
-                    else ("invalid_attributes")
+                    else "invalid_attributes"
                 )
                 m.rejected(reason)
-                log_event(
-                    log,
+                _log_checkpoint(
                     logging.WARNING,
                     "checkpoint rejected by the store",
-                    trace_id=span.trace_id or None,
-                    run_id=span.run_id,
-                    seq=span.seq,
+                    span,
                     outcome="rejected",
                     reason=reason,
                     detail=str(result),
@@ -817,3 +805,16 @@ def _inflate_gzip(body: bytes, limit: int) -> bytes | str | None:
     if inflater.unused_data:
         return "bytes follow the end of the gzip stream"
     return out
+
+
+def _log_checkpoint(level: int, message: str, span: otlp.CheckpointSpan, **fields: Any) -> None:
+    """One log event about a checkpoint, with its trace id, run id and seq."""
+    log_event(
+        log,
+        level,
+        message,
+        trace_id=span.trace_id or None,
+        run_id=span.run_id,
+        seq=span.seq,
+        **fields,
+    )
