@@ -5,8 +5,9 @@ design: it queues spans in memory, drops them when full and never tells the
 caller. Checkpoints are data, so this emitter builds each span on a dedicated
 SDK TracerProvider (never the global one; always-on sampler; no attribute
 limits; immune to ``OTEL_SDK_DISABLED``), encodes it with the standard OTLP
-protobuf encoder and POSTs it to the sidecar itself, one checkpoint per
-request, and returns only when the sidecar answered. With an ``outbox_dir``
+protobuf encoder and POSTs it to the sidecar itself, and returns only when the
+sidecar answered. Concurrent checkpoints share a request when every request slot
+is busy (see :class:`CheckpointEmitter`). With an ``outbox_dir``
 the record is on disk before the first send and leaves it only on an answer,
 so a killed worker loses nothing that was not already reported to it.
 
@@ -29,7 +30,8 @@ import os
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +39,7 @@ from types import TracebackType
 from typing import Final
 
 import aiohttp
+from multidict import CIMultiDict
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common._internal import (
@@ -57,6 +60,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
     InstrumentationScope as PB2InstrumentationScope,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
@@ -86,6 +90,8 @@ DEFAULT_ENDPOINT: Final = "http://127.0.0.1:4318/v1/traces"
 SPAN_NAME: Final = "checkpoint.save"
 PAYLOAD_ATTR: Final = "flowpoint.payload"
 SHA256_ATTR: Final = "flowpoint.sha256"
+#: The sidecar's answer header naming each checkpoint's outcome (stored, duplicate, spooled).
+OUTCOME_HEADER: Final = "Flowpoint-Outcome"
 _SCOPE: Final = "flowpoint.checkpoint"
 _CONTENT_TYPE: Final = "application/x-protobuf"
 _RETRYABLE: Final = frozenset({429, 502, 503, 504})
@@ -154,6 +160,34 @@ class _Handoff(SpanProcessor):
 
     def take(self, span_id: int) -> ReadableSpan | None:
         return self._ended.pop(span_id, None)
+
+
+@dataclass(slots=True, eq=False)
+class _Queued:
+    """A checkpoint waiting for a free request slot, to share a request with others."""
+
+    span: ReadableSpan
+    payload: bytes
+    key: str
+    name: str | None  # its outbox record
+    started: float
+    future: asyncio.Future[EmitAck]
+
+
+class _Lane:
+    """The requests of one event loop: how many are in flight, and who waits for one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, slots: int) -> None:
+        self.loop = loop
+        self.slots = slots
+        self.active = 0
+        self.queue: deque[_Queued] = deque()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def free(self) -> bool:
+        """A request may start now without overtaking anyone."""
+        return self.active < self.slots and not self.queue
 
 
 class _CheckpointTracerProvider(TracerProvider):
@@ -284,32 +318,44 @@ def _scope_pb(scope: InstrumentationScope | None) -> PB2InstrumentationScope:
     return _encode_instrumentation_scope(scope)
 
 
-def _encode(span: ReadableSpan, payload: bytes) -> bytes:
-    """The OTLP/protobuf request body for one checkpoint span carrying ``payload``.
+def _encode(spans: Sequence[tuple[ReadableSpan, bytes]]) -> bytes:
+    """The OTLP/protobuf request body for checkpoint spans, each carrying its payload.
 
     Byte for byte what the standard encoder (``encode_spans``) writes, built straight
     into one message: the standard encoder goes through Python helpers per attribute
     and re-encodes the resource for every span (~0.1 ms of a 1 KB save), and copies a
     value into every nesting level (~7 copies of a 1 MB payload). The resource and
-    scope are encoded once; the payload bytes are assigned once.
+    scope are encoded once; the payload bytes are assigned once. All spans come from
+    one emitter, so they share one resource and one scope.
     """
-    if span.events or span.links:  # never on checkpoint spans; keep the exact encoder
-        return _encode_reference(span, payload)
+    first = spans[0][0]
+    if any(
+        s.events or s.links or s.get_span_context() is None or s.resource is not first.resource
+        for s, _ in spans
+    ):  # never on checkpoint spans; keep the exact encoder
+        return _encode_reference(spans)
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    resource = span.resource
+    resource = first.resource
     resource_spans.resource.CopyFrom(_resource_pb(resource))
     if resource.schema_url:
         resource_spans.schema_url = resource.schema_url
     scope_spans = resource_spans.scope_spans.add()
-    scope = span.instrumentation_scope or None
+    scope = first.instrumentation_scope or None
+    if any((s.instrumentation_scope or None) != scope for s, _ in spans):
+        return _encode_reference(spans)
     scope_spans.scope.CopyFrom(_scope_pb(scope))
     if scope is not None and scope.schema_url:
         scope_spans.schema_url = scope.schema_url
-    pb = scope_spans.spans.add()
+    for span, payload in spans:
+        _encode_span(scope_spans.spans.add(), span, payload)
+    body: bytes = request.SerializeToString()
+    return body
+
+
+def _encode_span(pb: PB2Span, span: ReadableSpan, payload: bytes) -> None:
     ctx = span.get_span_context()
-    if ctx is None:
-        return _encode_reference(span, payload)
+    assert ctx is not None  # checked by _encode
     pb.trace_id = ctx.trace_id.to_bytes(16, "big")
     pb.span_id = ctx.span_id.to_bytes(8, "big")
     if ctx.trace_state is not None:
@@ -342,26 +388,33 @@ def _encode(span: ReadableSpan, payload: bytes) -> bytes:
     status = span.status
     pb.status.SetInParent()
     if status.status_code.value:
-        pb.status.code = status.status_code.value
+        pb.status.code = status.status_code.value  # type: ignore[assignment]
     if status.description:
         pb.status.message = status.description
     pb.dropped_attributes_count = span.dropped_attributes
     pb.dropped_events_count = span.dropped_events
     pb.dropped_links_count = span.dropped_links
     pb.flags = _span_flags(span.parent)
-    body: bytes = request.SerializeToString()
-    return body
 
 
-def _encode_reference(span: ReadableSpan, payload: bytes) -> bytes:
+def _encode_reference(spans: Sequence[tuple[ReadableSpan, bytes]]) -> bytes:
     """:func:`_encode` through the standard encoder (the slow, reference road)."""
-    request = encode_spans([span])
-    for kv in request.resource_spans[0].scope_spans[0].spans[0].attributes:
-        if kv.key == PAYLOAD_ATTR:
-            kv.value.bytes_value = payload
-            break
-    else:
-        raise EmitError("internal: the encoded span lacks its payload attribute")
+    request = encode_spans([span for span, _ in spans])
+    encoded = [
+        pb
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for pb in scope_spans.spans
+    ]
+    by_id = {span.get_span_context().span_id: payload for span, payload in spans}  # type: ignore[union-attr]
+    for pb in encoded:
+        payload = by_id[int.from_bytes(pb.span_id, "big")]
+        for kv in pb.attributes:
+            if kv.key == PAYLOAD_ATTR:
+                kv.value.bytes_value = payload
+                break
+        else:
+            raise EmitError("internal: the encoded span lacks its payload attribute")
     body: bytes = request.SerializeToString()
     return body
 
@@ -414,13 +467,50 @@ def _validate(
     return clean, payload, sha
 
 
+def _resolve(future: asyncio.Future[EmitAck], outcome: EmitAck | BaseException) -> None:
+    if future.done():  # its emit() call was cancelled: nobody is waiting
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _outcomes(headers: Mapping[str, str], count: int) -> list[str | None]:
+    """Each span's ``Flowpoint-Outcome`` from a shared answer (None: keep the header as is).
+
+    The sidecar names one outcome when all spans share it, else one per span in order.
+    """
+    value = headers.get(OUTCOME_HEADER)
+    if value is None:
+        return [None] * count
+    parts = [part.strip() for part in value.split(",")]
+    if len(parts) == count:
+        return list(parts)
+    if len(parts) == 1:
+        return [parts[0]] * count
+    return [None] * count
+
+
 class CheckpointEmitter:
     """Sends checkpoints to the sidecar as ``checkpoint.save`` spans and waits for the ack.
 
     One emitter serves one event loop at a time (its HTTP session is bound to
     the loop); when used from a new loop after the old one closed, it opens a
-    new session. Concurrent emit() calls are fine: each is its own request on
-    a shared keep-alive connection pool.
+    new session.
+
+    Concurrent emit() calls share requests: up to ``max_requests`` are in flight
+    at once; a checkpoint emitted while all of them are busy waits for the next
+    free one and travels in it with the others that waited (at most
+    ``max_batch_spans`` spans and ``max_batch_bytes`` of payload per request),
+    as OTel's batching exporters do, but every caller still gets the sidecar's
+    answer for its own checkpoint. A lone checkpoint never waits. Sharing cuts
+    the HTTP work per checkpoint on both sides, which is what bounds throughput.
+
+    Example (inside a coroutine)::
+
+        emitter = CheckpointEmitter("http://127.0.0.1:4318/v1/traces", outbox_dir="outbox")
+        ack = await emitter.emit(attrs, payload, payload_sha256=sha, key="run-1:3")
     """
 
     def __init__(
@@ -432,6 +522,9 @@ class CheckpointEmitter:
         outbox_fsync: bool = True,
         service_name: str = "flowpoint-worker",
         max_retry_seconds: float = 30.0,
+        max_requests: int = 4,
+        max_batch_spans: int = 64,
+        max_batch_bytes: int = 1024 * 1024,
     ) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             raise EmitArgumentError(f"endpoint must be an http(s) URL, got {endpoint!r}")
@@ -439,6 +532,14 @@ class CheckpointEmitter:
             raise EmitArgumentError(f"timeout must be > 0 seconds, got {timeout!r}")
         if max_retry_seconds < 0:
             raise EmitArgumentError(f"max_retry_seconds must be >= 0, got {max_retry_seconds!r}")
+        if max_requests < 1 or max_batch_spans < 1 or max_batch_bytes < 1:
+            raise EmitArgumentError(
+                "max_requests, max_batch_spans and max_batch_bytes must be >= 1, got "
+                f"{max_requests!r}, {max_batch_spans!r}, {max_batch_bytes!r}"
+            )
+        self.max_requests = int(max_requests)
+        self.max_batch_spans = int(max_batch_spans)
+        self.max_batch_bytes = int(max_batch_bytes)
         self.endpoint = endpoint
         self.timeout = float(timeout)
         self.max_retry_seconds = float(max_retry_seconds)
@@ -456,6 +557,7 @@ class CheckpointEmitter:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._inflight: set[str] = set()
         self._replay_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._lane_: _Lane | None = None
         self._closed = False
 
     # -- public API -----------------------------------------------------------------------
@@ -481,6 +583,8 @@ class CheckpointEmitter:
         self._check_open()
         attrs, payload, sha = _validate(attributes, payload, payload_sha256, key)
         span = self._span(attrs, sha, start_ns, parent=None, key=key)
+        lane = self._lane()
+        body: bytes | None = None
         name: str | None = None
         if self.outbox is not None:
             name = Outbox.new_name(start_ns)
@@ -489,7 +593,8 @@ class CheckpointEmitter:
             # The file write (fsync included) runs in a thread while the loop encodes.
             writing = asyncio.ensure_future(asyncio.to_thread(self.outbox.write, name, record))
             try:
-                body = _encode(span, payload)
+                if lane.free:
+                    body = _encode([(span, payload)])
                 await writing
             except OSError as exc:
                 self._inflight.discard(name)
@@ -500,9 +605,28 @@ class CheckpointEmitter:
                 self._inflight.discard(name)
                 await asyncio.gather(writing, return_exceptions=True)
                 raise
-        else:
-            body = _encode(span, payload)
-        return await self._deliver(name, key, body, span, started)
+        if lane.free:
+            # Nothing is waiting and a request slot is free: send at once, from this task.
+            lane.active += 1
+            try:
+                if body is None:
+                    body = _encode([(span, payload)])
+                return await self._deliver(name, key, body, span, started)
+            finally:
+                lane.active -= 1
+                self._kick(lane)
+        # Every slot is busy: wait to share the next request with the others waiting.
+        item = _Queued(span, payload, key, name, started, lane.loop.create_future())
+        lane.queue.append(item)
+        self._kick(lane)
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if item in lane.queue:  # never sent: it stays in the outbox for a replay
+                lane.queue.remove(item)
+                if name is not None:
+                    self._inflight.discard(name)
+            raise
 
     async def replay_outbox(self) -> int:
         """Send again what an earlier emitter left unacknowledged, in key order (run, seq).
@@ -542,7 +666,7 @@ class CheckpointEmitter:
                     parent=parent,
                     key=record.key,
                 )
-                body = _encode(span, record.payload)
+                body = _encode([(span, record.payload)])
                 self._inflight.add(entry.name)
                 try:
                     await self._deliver(entry.name, record.key, body, span, started)
@@ -556,6 +680,10 @@ class CheckpointEmitter:
         """Close the HTTP session and the tracer provider. Safe to call twice."""
         if self._closed:
             return
+        lane = self._lane_
+        if lane is not None and lane.loop is asyncio.get_running_loop():
+            while lane.tasks:  # let the shared requests already under way finish
+                await asyncio.gather(*lane.tasks, return_exceptions=True)
         self._closed = True
         session, self._session = self._session, None
         if session is not None and not session.closed:
@@ -605,6 +733,92 @@ class CheckpointEmitter:
             raise EmitError("internal: the checkpoint span was not recorded", key=key)
         return ended
 
+    def _lane(self) -> _Lane:
+        loop = asyncio.get_running_loop()
+        lane = self._lane_
+        if lane is None or lane.loop is not loop:
+            # A lane belongs to one loop (a run_sync caller brings a new one each time).
+            lane = self._lane_ = _Lane(loop, self.max_requests)
+        return lane
+
+    def _kick(self, lane: _Lane) -> None:
+        """Start shared requests for the waiting checkpoints while slots are free."""
+        while lane.queue and lane.active < lane.slots:
+            batch: list[_Queued] = []
+            size = 0
+            while lane.queue and len(batch) < self.max_batch_spans:
+                item = lane.queue[0]
+                if batch and size + len(item.payload) > self.max_batch_bytes:
+                    break
+                lane.queue.popleft()
+                batch.append(item)
+                size += len(item.payload)
+            lane.active += 1
+            task = lane.loop.create_task(self._flush(lane, batch))
+            lane.tasks.add(task)
+            task.add_done_callback(lane.tasks.discard)
+
+    async def _flush(self, lane: _Lane, batch: list[_Queued]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._settle(batch[0])
+            else:
+                await self._settle_many(batch)
+        finally:
+            lane.active -= 1
+            self._kick(lane)
+
+    async def _settle(self, item: _Queued) -> None:
+        """Send one queued checkpoint alone and hand its outcome to its emit() call."""
+        try:
+            body = _encode([(item.span, item.payload)])
+            ack = await self._deliver(item.name, item.key, body, item.span, item.started)
+        except Exception as exc:
+            _resolve(item.future, exc)
+        else:
+            _resolve(item.future, ack)
+
+    async def _settle_many(self, batch: list[_Queued]) -> None:
+        """Send several checkpoints in one request; each emit() call gets its own answer.
+
+        A 200 acknowledges every span of the request. Any other final answer is about
+        the request as a whole, so each checkpoint is then sent again alone to learn
+        its own verdict: writes are idempotent, and one already stored is answered
+        "duplicate". Only "unavailable" needs no second look: nothing was acknowledged.
+        """
+        label = f"{batch[0].key} and {len(batch) - 1} more"
+        try:
+            body = _encode([(item.span, item.payload) for item in batch])
+            status, headers, answer, attempts = await self._send(body, label)
+        except EmitUnavailable as exc:
+            for item in batch:
+                if item.name is not None:
+                    self._inflight.discard(item.name)
+                _resolve(
+                    item.future,
+                    EmitUnavailable(
+                        exc.message, status=exc.status, error=exc.error, body=exc.body, key=item.key
+                    ),
+                )
+            return
+        except Exception:
+            await asyncio.gather(*(self._settle(item) for item in batch))
+            return
+        outcomes = _outcomes(headers, len(batch))
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.name is not None:
+                self._inflight.discard(item.name)
+                if self.outbox is not None:
+                    self.outbox.delete(item.name)
+            own: Mapping[str, str] = headers
+            if outcome is not None:
+                own = CIMultiDict(headers)
+                own[OUTCOME_HEADER] = outcome
+            _resolve(
+                item.future,
+                self._ack(item.key, status, attempts, item.span, item.started, own, answer),
+            )
+
     async def _deliver(
         self, name: str | None, key: str, body: bytes, span: ReadableSpan, started: float
     ) -> EmitAck:
@@ -620,6 +834,18 @@ class CheckpointEmitter:
                 self._inflight.discard(name)
         if outbox is not None and name is not None:
             outbox.delete(name)  # a bare unlink: cheaper inline than a thread hop
+        return self._ack(key, status, attempts, span, started, headers, answer)
+
+    @staticmethod
+    def _ack(
+        key: str,
+        status: int,
+        attempts: int,
+        span: ReadableSpan,
+        started: float,
+        headers: Mapping[str, str],
+        answer: bytes,
+    ) -> EmitAck:
         ctx = span.get_span_context()
         return EmitAck(
             key=key,

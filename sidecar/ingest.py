@@ -12,8 +12,9 @@ The write path of one request:
 5. answer 200 (an empty ExportTraceServiceResponse) only when every checkpoint is durable;
    else 503 + Retry-After (not durable: retry), 409 (stale epoch or seq conflict) or 400.
 
-The ``Flowpoint-Outcome`` response header says ``stored`` or ``duplicate`` (``mixed`` when a
-request's checkpoints differ), so a client can tell a first write from a replay.
+The ``Flowpoint-Outcome`` response header says ``stored``, ``duplicate`` or ``spooled``: one
+word when every checkpoint of the request shares it, else one per checkpoint span in request
+order (``stored,duplicate``), so a client can tell a first write from a replay.
 """
 
 from __future__ import annotations
@@ -548,7 +549,8 @@ class IngestService:
         resp = web.Response(body=body, content_type=ctype)
         if outcomes:
             first = outcomes[0]
-            resp.headers[OUTCOME_HEADER] = first if all(o == first for o in outcomes) else "mixed"
+            same = all(o == first for o in outcomes)
+            resp.headers[OUTCOME_HEADER] = first if same else ",".join(outcomes)
         return resp
 
     async def _gunzip(self, body: bytes) -> bytes | web.Response:

@@ -6,6 +6,7 @@ import time
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from instrumentation.emitter import CheckpointEmitter, _encode, _encode_reference
@@ -36,7 +37,7 @@ async def test_direct_encoding_equals_the_standard_encoder(
     emitter: CheckpointEmitter, payload: bytes
 ) -> None:
     span = emitter._span(dict(ATTRS), "ab" * 32, time.time_ns(), parent=None, key="k")
-    assert _encode(span, payload) == _encode_reference(span, payload)
+    assert _encode([(span, payload)]) == _encode_reference([(span, payload)])
 
 
 @pytest.mark.parametrize("remote", [True, False])
@@ -52,6 +53,31 @@ async def test_direct_encoding_with_a_parent_and_trace_state(
     )
     ctx = trace.set_span_in_context(NonRecordingSpan(parent))
     span = emitter._span(dict(ATTRS), "cd" * 32, time.time_ns(), parent=ctx, key="k")
-    body = _encode(span, b"payload")
-    assert body == _encode_reference(span, b"payload")
+    body = _encode([(span, b"payload")])
+    assert body == _encode_reference([(span, b"payload")])
     assert parent.trace_id.to_bytes(16, "big") in body
+
+
+async def test_several_spans_in_one_request_equal_the_standard_encoder(
+    emitter: CheckpointEmitter,
+) -> None:
+    payloads = [b'{"seq":1}', b"", bytes(range(256)) * 64]
+    spans = [
+        (
+            emitter._span(
+                {**ATTRS, "flowpoint.seq": i}, f"{i:064x}", time.time_ns(), parent=None, key="k"
+            ),
+            p,
+        )
+        for i, p in enumerate(payloads, start=1)
+    ]
+    body = _encode(spans)
+    assert body == _encode_reference(spans)
+    decoded = ExportTraceServiceRequest.FromString(body)
+    (resource_spans,) = decoded.resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    got = [
+        {kv.key: kv.value for kv in pb.attributes}["flowpoint.payload"].bytes_value
+        for pb in scope_spans.spans
+    ]
+    assert got == payloads  # each span carries its own payload, in order
