@@ -13,6 +13,13 @@ server (fsync on), same machine, same state:
   own saver on the shared pool, LangGraph's best case for concurrency.
 * ``floor``: a bare asyncpg ``INSERT`` (autocommit: one transaction) of the already
   zstd-compressed payload: no encoding, no verification, one row. Nothing can be faster.
+* ``floor+codec``: the floor plus the work any checkpointer must do first: encode the
+  FlowCheckpoint (canonical JSON), hash it and compress it with zstd, in this process.
+  Flowpoint minus this row is the price of the sidecar hop.
+* ``http-floor``: the OTLP body Flowpoint sends, POSTed to an endpoint in another process
+  that answers 200 at once (load/empty_server.py; aiohttp on uvloop at both ends): one
+  loopback hop between two processes, no database. ``http-floor`` + ``floor`` is the
+  least any out-of-process sidecar can take per save.
 
 For each payload size (1 KB, 16 KB, 256 KB, 1 MB) and concurrency (1, 32, and 128 for the
 small sizes), it prints p50/p95/p99 latency, throughput, the group-commit batch sizes the
@@ -441,6 +448,92 @@ class Floor:
         return save
 
 
+class FloorCodec(Floor):
+    """The floor, plus encoding, hashing and compressing the checkpoint for each save."""
+
+    def codec_op(self, base: Any, label: str, concurrency: int) -> Op:
+        from checkpoint.codec import seal
+        from checkpoint.models import checkpoint_to_bytes
+
+        prefix = f"floor-codec-{time.monotonic_ns()}-{label}-c{concurrency}"
+
+        async def save(i: int, seq: int) -> float | None:
+            run_id = f"{prefix}-{i}"
+            cp = base.model_copy(update={"run_id": run_id, "seq": seq})
+            sealed = seal(checkpoint_to_bytes(cp))
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO bench_floor (run_id, seq, payload) VALUES ($1, $2, $3)",
+                    run_id,
+                    seq,
+                    sealed.blob,
+                )
+            return None
+
+        return save
+
+
+class HttpFloor:
+    """POST the OTLP body of a checkpoint span to an endpoint that answers at once."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1/traces"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "load.empty_server", str(self.port)],
+            cwd=str(REPO_ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with self.session.post(self.url, data=b"") as resp:
+                    await resp.read()
+                return
+            except aiohttp.ClientError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the empty OTLP endpoint did not start") from None
+                await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def op(self, base: Any) -> Op:
+        from checkpoint.codec import sha256_hex
+        from checkpoint.models import checkpoint_to_bytes
+        from instrumentation.emitter import CheckpointEmitter, _encode
+
+        payload = checkpoint_to_bytes(base)
+        emitter = CheckpointEmitter(self.url)
+        attrs = {"flowpoint.run_id": base.run_id, "flowpoint.seq": base.seq}
+        span = emitter._span(attrs, sha256_hex(payload), time.time_ns(), parent=None, key="k")
+        body = _encode([(span, payload)])
+        headers = {"Content-Type": "application/x-protobuf"}
+        session = self.session
+        assert session is not None
+
+        async def post(i: int, seq: int) -> float | None:
+            async with session.post(self.url, data=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"empty endpoint answered {resp.status}")
+            return None
+
+        return post
+
+
 # -- infrastructure ---------------------------------------------------------------------------
 
 
@@ -541,6 +634,8 @@ async def _bench(print_fn: PrintFn, quick: bool, seconds: float, rounds: int) ->
         "langgraph": "bench_langgraph",
         "langgraph/saver-per-task": "bench_langgraph",
         "floor": "bench_floor",
+        "floor+codec": "bench_floor",
+        "http-floor": "bench_floor",
     }
     with embedded_postgres() as pg:
         pm = _postmaster_pid(pg)
@@ -551,6 +646,8 @@ async def _bench(print_fn: PrintFn, quick: bool, seconds: float, rounds: int) ->
         fp = Flowpoint(url, proc.pid)
         lg: LangGraph | None = LangGraph(dsn_lg)
         floor = Floor(dsn_floor)
+        floor_codec = FloorCodec(dsn_floor)
+        http_floor = HttpFloor()
         try:
             await lg.open(max_size=64)  # type: ignore[union-attr]
         except ImportError as exc:
@@ -560,6 +657,8 @@ async def _bench(print_fn: PrintFn, quick: bool, seconds: float, rounds: int) ->
             )
             lg = None
         await floor.open(max_size=64)
+        await floor_codec.open(max_size=64)
+        await http_floor.open()
         try:
             print_fn(
                 f"flowpoint sidecar benchmark: embedded PostgreSQL (fsync on), sidecar "
@@ -583,7 +682,10 @@ async def _bench(print_fn: PrintFn, quick: bool, seconds: float, rounds: int) ->
                             ("langgraph/saver-per-task", lg.op(messages, label, concurrency, True))
                         )
                 systems.append(("floor", floor.op(blob, label, concurrency)))
+                systems.append(("floor+codec", floor_codec.codec_op(base, label, concurrency)))
+                systems.append(("http-floor", http_floor.op(base)))
                 phase = {name: Result(name, label, concurrency, [], 0.0) for name, _ in systems}
+                servers = {"flowpoint": proc.pid, "http-floor": http_floor.proc.pid}
                 batch_sum = batch_count = 0.0
                 batch_max = 0.0
                 seqs = {name: [0] * concurrency for name, _ in systems}
@@ -591,8 +693,13 @@ async def _bench(print_fn: PrintFn, quick: bool, seconds: float, rounds: int) ->
                     for name, op in systems:
                         database = databases[name]
 
-                        def snapshot(database: str = database) -> tuple[float, float, float]:
-                            return self_cpu(), _proc_cpu(proc.pid), backend_cpu(pm, database)
+                        server = servers.get(name)
+
+                        def snapshot(
+                            database: str = database, server: int | None = server
+                        ) -> tuple[float, float, float]:
+                            served = _proc_cpu(server) if server is not None else 0.0
+                            return self_cpu(), served, backend_cpu(pm, database)
 
                         b0 = await fp.batch_stats() if name == "flowpoint" else None
                         lat, inner, wall, errors, cpu = await drive(
@@ -604,7 +711,7 @@ async def _bench(print_fn: PrintFn, quick: bool, seconds: float, rounds: int) ->
                         res.wall += wall
                         res.errors += errors
                         res.emitter_cpu += cpu[0]
-                        res.sidecar_cpu += cpu[1] if name == "flowpoint" else 0.0
+                        res.sidecar_cpu += cpu[1]
                         res.postgres_cpu += cpu[2]
                         if b0 is not None:
                             b1 = await fp.batch_stats()
@@ -623,6 +730,8 @@ async def _bench(print_fn: PrintFn, quick: bool, seconds: float, rounds: int) ->
             if lg is not None:
                 await lg.close()
             await floor.close()
+            await floor_codec.close()
+            await http_floor.close()
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
@@ -646,7 +755,8 @@ def _row(r: Result) -> str:
         if r.inner
         else f"{'-':>15}"
     )
-    sidecar = r.per_op_ms(r.sidecar_cpu) if r.system == "flowpoint" else float("nan")
+    served = r.system in ("flowpoint", "http-floor")  # CPU of the sidecar / empty endpoint
+    sidecar = r.per_op_ms(r.sidecar_cpu) if served else float("nan")
     cpu = f"{r.per_op_ms(r.emitter_cpu):>8.2f}|{sidecar:>7.2f}|{r.per_op_ms(r.postgres_cpu):>7.2f}"
     errs = f"  ({r.errors} errors)" if r.errors else ""
     return (
@@ -663,6 +773,9 @@ def _verdicts(results: Sequence[Result]) -> list[str]:
     def check(ok: bool, text: str) -> None:
         lines.append(f"  [{'PASS' if ok else 'MISS'}] {text}")
 
+    def note(text: str) -> None:
+        lines.append(f"         {text}")
+
     for label, _ in SIZES:
         fp1 = by.get(("flowpoint", label, 1))
         lg1 = by.get(("langgraph", label, 1))
@@ -672,6 +785,14 @@ def _verdicts(results: Sequence[Result]) -> list[str]:
                 f"{label} c=1 p50 (encode+emit+ack vs aput): flowpoint {fp1.pct(0.5):.2f} ms "
                 f"vs langgraph {lg1.pct(0.5):.2f} ms",
             )
+            hop, floor1 = by.get(("http-floor", label, 1)), by.get(("floor+codec", label, 1))
+            if hop and floor1:
+                bound = hop.pct(0.5) + floor1.pct(0.5)
+                note(
+                    f"least any sidecar can take: http-floor {hop.pct(0.5):.2f} + floor+codec "
+                    f"{floor1.pct(0.5):.2f} = {bound:.2f} ms; flowpoint is {bound:.2f} + "
+                    f"{fp1.pct(0.5) - bound:.2f} ms of its own work"
+                )
         fp32 = by.get(("flowpoint", label, 32))
         lg32 = by.get(("langgraph", label, 32))
         lgpt = by.get(("langgraph/saver-per-task", label, 32))
@@ -704,6 +825,13 @@ def _verdicts(results: Sequence[Result]) -> list[str]:
             f"1MB c=32: floor {fl.throughput:.0f}/s vs flowpoint {fp.throughput:.0f}/s = "
             f"{fl.throughput / fp.throughput:.2f}x (goal within 1.5x)",
         )
+        fc = by.get(("floor+codec", "1MB", 32))
+        if fc and fc.throughput:
+            note(
+                f"the floor inserts a pre-compressed blob and encodes nothing; with the encoding "
+                f"and compression every checkpointer needs (floor+codec) it does "
+                f"{fc.throughput:.0f}/s = {fc.throughput / fp.throughput:.2f}x flowpoint"
+            )
     return lines
 
 

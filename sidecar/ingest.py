@@ -184,7 +184,8 @@ def parse_checkpoint(payload: bytes) -> FlowCheckpoint:
     Decoding codec tags (``{"$t": ...}``) means walking every user value in Python,
     which dominates the cost of a large checkpoint. A payload with no ``$`` in it (nor
     an escaped one) cannot hold a tag, so pydantic validates it straight from the JSON
-    bytes: the same checks, the same accepted payloads. Anything else (tags, an older
+    bytes: the same checks, the same accepted payloads (orjson would parse faster, but
+    turns integers over 64 bits into floats). Anything else (tags, an older
     schema version, or a payload the fast road refuses) takes the reference road, which
     also produces the precise error. Only the original bytes are ever stored, so the
     parsed model serves validation, the summary and the events, never storage.

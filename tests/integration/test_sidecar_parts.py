@@ -44,6 +44,32 @@ def test_tag_free_payload_parses_like_the_reference() -> None:
     assert parse_checkpoint(raw) == checkpoint_from_bytes(raw) == cp
 
 
+def test_large_agent_payload_parses_like_the_reference() -> None:
+    from load.bench_sidecar import flow_checkpoint
+
+    raw = checkpoint_to_bytes(flow_checkpoint(256 * 1024))
+    assert b"$" not in raw
+    assert parse_checkpoint(raw) == checkpoint_from_bytes(raw)
+
+
+@pytest.mark.parametrize("value", ["2**70", "NaN", '"\\ud800"', "1e400"])
+def test_json_that_orjson_refuses_takes_the_reference_road(value: str) -> None:
+    """Huge integers, NaN, lone surrogates: json takes them, orjson does not."""
+    cp = make_checkpoint("run-p", 7).model_copy(update={"node_states": {}})
+    doc = json.loads(checkpoint_to_bytes(cp))
+    doc["original_input"] = {"x": 0}
+    literal = str(2**70) if value == "2**70" else value
+    raw = json.dumps(doc).replace('{"x": 0}', '{"x": ' + literal + "}").encode()
+    try:
+        expected = checkpoint_from_bytes(raw)
+    except CorruptCheckpointError:
+        with pytest.raises(CorruptCheckpointError):
+            parse_checkpoint(raw)
+        return
+    parsed = parse_checkpoint(raw)
+    assert repr(parsed) == repr(expected)  # repr: NaN != NaN
+
+
 def test_tagged_payload_parses_like_the_reference() -> None:
     cp = make_checkpoint("run-p", 4, pending=["review"])  # bytes in an output: a tag
     raw = checkpoint_to_bytes(cp)
