@@ -7,7 +7,12 @@ errors that are ours.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Final
+
 __all__ = [
+    "ERROR_TYPES",
     "CheckpointNotFoundError",
     "ChecksumMismatchError",
     "ClaimConflictError",
@@ -16,6 +21,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DecryptionError",
     "EncryptionKeyMissingError",
+    "ErrorCode",
     "FlowpointError",
     "GraphMismatchError",
     "InputConflictError",
@@ -152,3 +158,85 @@ class GraphMismatchError(FlowpointError):
 
 class NodeExecutionError(FlowpointError):
     """A node raised; the run ended ``failed`` and can be resumed after a fix."""
+
+
+class ErrorCode(StrEnum):
+    """The ``error`` field of the sidecar's JSON error answers.
+
+    The sidecar answers ``{"error": <code>, "message": <text>}``;
+    :class:`~checkpoint.stores.SidecarStore` raises ``ERROR_TYPES[code]`` for it, so
+    a refusal means the same on both sides of the wire. A code missing from
+    :data:`ERROR_TYPES` concerns the request or the service (a bad header, a
+    token), never a checkpoint or a run: the client maps it by HTTP status.
+    """
+
+    # the request itself
+    MALFORMED_REQUEST = "malformed_request"
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_PARAMETER = "invalid_parameter"
+    INVALID_CURSOR = "invalid_cursor"
+    INVALID_ID = "invalid_id"
+    INVALID_VALUE = "invalid_value"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNSUPPORTED_CONTENT_ENCODING = "unsupported_content_encoding"
+    BAD_CONTENT_ENCODING = "bad_content_encoding"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    # checkpoints sent to POST /v1/traces
+    INVALID_CHECKPOINT = "invalid_checkpoint"
+    INVALID_PAYLOAD = "invalid_payload"
+    PAYLOAD_MISMATCH = "payload_mismatch"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+    TENANT_MISMATCH = "tenant_mismatch"
+    STALE_EPOCH = "stale_epoch"
+    SEQ_CONFLICT = "seq_conflict"
+    REJECTED = "rejected"  # refused by the store for another reason (see the message)
+    # stored checkpoints, runs, claims and human input
+    CORRUPT_CHECKPOINT = "corrupt_checkpoint"
+    ENCRYPTION_KEY_MISSING = "encryption_key_missing"
+    RUN_NOT_FOUND = "run_not_found"
+    CHECKPOINT_NOT_FOUND = "checkpoint_not_found"
+    CLAIM_CONFLICT = "claim_conflict"
+    INPUT_CONFLICT = "input_conflict"
+    INPUT_VALIDATION = "input_validation"
+    UNKNOWN_INPUT_PATH = "unknown_input_path"
+    INVALID_INPUT_SCHEMA = "invalid_input_schema"
+    # the sidecar itself
+    STORE_UNAVAILABLE = "store_unavailable"
+    STORE_ERROR = "store_error"
+    NOT_READY = "not_ready"
+    INTERNAL = "internal"
+
+
+#: The error a client raises for each code the sidecar sends about a checkpoint or a run.
+ERROR_TYPES: Final[Mapping[str, type[FlowpointError]]] = {
+    ErrorCode.MALFORMED_REQUEST: CorruptCheckpointError,
+    ErrorCode.INVALID_REQUEST: ConfigError,
+    ErrorCode.INVALID_PARAMETER: ConfigError,
+    ErrorCode.INVALID_CURSOR: InvalidIdError,
+    ErrorCode.INVALID_ID: InvalidIdError,
+    ErrorCode.INVALID_VALUE: CodecError,
+    ErrorCode.PAYLOAD_TOO_LARGE: PayloadTooLargeError,
+    ErrorCode.INVALID_CHECKPOINT: InvalidIdError,
+    ErrorCode.INVALID_PAYLOAD: CorruptCheckpointError,
+    ErrorCode.PAYLOAD_MISMATCH: CorruptCheckpointError,
+    ErrorCode.CHECKSUM_MISMATCH: ChecksumMismatchError,
+    ErrorCode.UNKNOWN_SCHEMA_VERSION: UnknownSchemaVersionError,
+    ErrorCode.TENANT_MISMATCH: TenantMismatchError,
+    ErrorCode.STALE_EPOCH: StaleEpochError,
+    ErrorCode.SEQ_CONFLICT: SeqConflictError,
+    ErrorCode.CORRUPT_CHECKPOINT: CorruptCheckpointError,
+    ErrorCode.ENCRYPTION_KEY_MISSING: EncryptionKeyMissingError,
+    ErrorCode.RUN_NOT_FOUND: RunNotFoundError,
+    ErrorCode.CHECKPOINT_NOT_FOUND: CheckpointNotFoundError,
+    ErrorCode.CLAIM_CONFLICT: ClaimConflictError,
+    ErrorCode.INPUT_CONFLICT: InputConflictError,
+    ErrorCode.INPUT_VALIDATION: InputValidationError,
+    ErrorCode.UNKNOWN_INPUT_PATH: InputValidationError,
+    ErrorCode.INVALID_INPUT_SCHEMA: InputValidationError,
+    ErrorCode.STORE_UNAVAILABLE: StoreUnavailableError,
+    ErrorCode.STORE_ERROR: StoreError,
+}

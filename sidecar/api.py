@@ -36,6 +36,7 @@ from checkpoint.errors import (
     ConfigError,
     CorruptCheckpointError,
     EncryptionKeyMissingError,
+    ErrorCode,
     FlowpointError,
     InputConflictError,
     InputValidationError,
@@ -108,7 +109,7 @@ class ApiError(Exception):
     """An error answer: raised by handlers, turned into JSON by :func:`_json_errors`."""
 
     def __init__(
-        self, status: int, error: str, message: str, headers: dict[str, str] | None = None
+        self, status: int, error: ErrorCode, message: str, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -121,31 +122,31 @@ class ApiError(Exception):
 
 
 def _error_response(
-    status: int, error: str, message: str, headers: dict[str, str] | None = None
+    status: int, error: ErrorCode, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    body = ErrorBody(error=error, message=message).model_dump_json()
+    body = ErrorBody(error=str(error), message=message).model_dump_json()
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
 # Order matters: subclasses before their bases.
-_ERROR_MAP: tuple[tuple[type[FlowpointError], int, str], ...] = (
-    (InvalidIdError, 400, "invalid_id"),
-    (InputValidationError, 422, "input_validation"),
-    (PayloadTooLargeError, 413, "payload_too_large"),
-    (CodecError, 400, "invalid_value"),
-    (ConfigError, 400, "invalid_parameter"),
-    (RunNotFoundError, 404, "run_not_found"),
-    (TenantMismatchError, 404, "run_not_found"),
-    (CheckpointNotFoundError, 404, "checkpoint_not_found"),
-    (ClaimConflictError, 409, "claim_conflict"),
-    (StaleEpochError, 409, "stale_epoch"),
-    (SeqConflictError, 409, "seq_conflict"),
-    (InputConflictError, 409, "input_conflict"),
-    (EncryptionKeyMissingError, 422, "encryption_key_missing"),
-    (CorruptCheckpointError, 422, "corrupt_checkpoint"),
-    (UnknownSchemaVersionError, 422, "unknown_schema_version"),
-    (StoreUnavailableError, 503, "store_unavailable"),
-    (StoreError, 503, "store_error"),
+_ERROR_MAP: tuple[tuple[type[FlowpointError], int, ErrorCode], ...] = (
+    (InvalidIdError, 400, ErrorCode.INVALID_ID),
+    (InputValidationError, 422, ErrorCode.INPUT_VALIDATION),
+    (PayloadTooLargeError, 413, ErrorCode.PAYLOAD_TOO_LARGE),
+    (CodecError, 400, ErrorCode.INVALID_VALUE),
+    (ConfigError, 400, ErrorCode.INVALID_PARAMETER),
+    (RunNotFoundError, 404, ErrorCode.RUN_NOT_FOUND),
+    (TenantMismatchError, 404, ErrorCode.RUN_NOT_FOUND),
+    (CheckpointNotFoundError, 404, ErrorCode.CHECKPOINT_NOT_FOUND),
+    (ClaimConflictError, 409, ErrorCode.CLAIM_CONFLICT),
+    (StaleEpochError, 409, ErrorCode.STALE_EPOCH),
+    (SeqConflictError, 409, ErrorCode.SEQ_CONFLICT),
+    (InputConflictError, 409, ErrorCode.INPUT_CONFLICT),
+    (EncryptionKeyMissingError, 422, ErrorCode.ENCRYPTION_KEY_MISSING),
+    (CorruptCheckpointError, 422, ErrorCode.CORRUPT_CHECKPOINT),
+    (UnknownSchemaVersionError, 422, ErrorCode.UNKNOWN_SCHEMA_VERSION),
+    (StoreUnavailableError, 503, ErrorCode.STORE_UNAVAILABLE),
+    (StoreError, 503, ErrorCode.STORE_ERROR),
 )
 
 
@@ -154,7 +155,7 @@ def _flowpoint_error(exc: FlowpointError) -> ApiError:
         if isinstance(exc, cls):
             headers = {"Retry-After": "1"} if status == 503 else None
             return ApiError(status, code, str(exc), headers)
-    return ApiError(500, "internal", f"{type(exc).__name__}: {exc}")
+    return ApiError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 def _json_errors(fn: Handler) -> Handler:
@@ -170,14 +171,16 @@ def _json_errors(fn: Handler) -> Handler:
             return _flowpoint_error(exc).response()
         except web.HTTPException as exc:
             if exc.status == 413:
-                return _error_response(413, "payload_too_large", exc.text or "body too large")
+                return _error_response(
+                    413, ErrorCode.PAYLOAD_TOO_LARGE, exc.text or "body too large"
+                )
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return _error_response(
-                500, "internal", "internal error in the sidecar; see its log for details"
+                500, ErrorCode.INTERNAL, "internal error in the sidecar; see its log for details"
             )
 
     return wrapper
@@ -193,7 +196,7 @@ def _store(request: web.Request) -> BaseStore:
 def _broker(app: web.Application) -> EventBroker:
     broker = app.get(EVENTS_KEY)
     if broker is None:
-        raise ApiError(503, "not_ready", "the event broker is not configured")
+        raise ApiError(503, ErrorCode.NOT_READY, "the event broker is not configured")
     return broker
 
 
@@ -221,7 +224,7 @@ def tenant_of(request: web.Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(
             401,
-            "unauthorized",
+            ErrorCode.UNAUTHORIZED,
             "this sidecar requires 'Authorization: Bearer <token>'",
             {"WWW-Authenticate": "Bearer"},
         )
@@ -232,7 +235,9 @@ def tenant_of(request: web.Request) -> str:
         if hmac.compare_digest(known.encode(), token.encode()):
             tenant = known_tenant
     if tenant is None:
-        raise ApiError(401, "unauthorized", "unknown bearer token", {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, ErrorCode.UNAUTHORIZED, "unknown bearer token", {"WWW-Authenticate": "Bearer"}
+        )
     return tenant
 
 
@@ -247,7 +252,7 @@ def _run_id(request: web.Request) -> str:
     try:
         return validate_id(request.match_info["run_id"], "run_id")
     except InvalidIdError as exc:
-        raise ApiError(400, "invalid_id", str(exc)) from None
+        raise ApiError(400, ErrorCode.INVALID_ID, str(exc)) from None
 
 
 def _int_param(
@@ -260,11 +265,11 @@ def _int_param(
         value = int(raw)
     except ValueError:
         raise ApiError(
-            400, "invalid_parameter", f"{name} must be an integer, got {raw!r}"
+            400, ErrorCode.INVALID_PARAMETER, f"{name} must be an integer, got {raw!r}"
         ) from None
     if value < lo or (hi is not None and value > hi):
         bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise ApiError(400, "invalid_parameter", f"{name} must be {bounds}, got {value}")
+        raise ApiError(400, ErrorCode.INVALID_PARAMETER, f"{name} must be {bounds}, got {value}")
     return value
 
 
@@ -283,7 +288,7 @@ def _bool_param(request: web.Request, name: str, default: bool) -> bool:
         return True
     if lowered in ("0", "false", "no"):
         return False
-    raise ApiError(400, "invalid_parameter", f"{name} must be true or false, got {raw!r}")
+    raise ApiError(400, ErrorCode.INVALID_PARAMETER, f"{name} must be true or false, got {raw!r}")
 
 
 def json_depth_exceeds(doc: Any, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -307,29 +312,33 @@ async def _body(request: web.Request, model: type[M]) -> M:
     """Read, bound and validate a JSON body into ``model``."""
     if request.content_type not in ("application/json", "application/octet-stream", ""):
         raise ApiError(
-            415, "unsupported_media_type", f"send application/json, not {request.content_type}"
+            415,
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"send application/json, not {request.content_type}",
         )
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
+        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
     raw = await request.read()
     if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
+        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
     try:
         doc = json.loads(raw)
     except RecursionError:
         raise ApiError(
-            400, "invalid_json", f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
+            400, ErrorCode.INVALID_JSON, f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
         ) from None
     except ValueError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        raise ApiError(400, ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from None
     if json_depth_exceeds(doc):
-        raise ApiError(400, "invalid_json", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        raise ApiError(
+            400, ErrorCode.INVALID_JSON, f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
         # From the JSON text: strict models then take exactly the JSON types the schema names
         # (an RFC 3339 string for a date-time, an integer for an int).
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise ApiError(422, "invalid_request", _validation_message(exc)) from None
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, _validation_message(exc)) from None
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -351,7 +360,7 @@ def _json_bytes(body: bytes, status: int = 200) -> web.Response:
 
 
 def _not_found(run_id: str) -> ApiError:
-    return ApiError(404, "run_not_found", f"run {run_id!r} not found")
+    return ApiError(404, ErrorCode.RUN_NOT_FOUND, f"run {run_id!r} not found")
 
 
 async def _visible_run(request: web.Request, run_id: str) -> RunInfo:
@@ -416,7 +425,7 @@ async def _load(request: web.Request, run_id: str, seq: int | None) -> Loaded:
     if record is None or (scope is not None and record.tenant_id != scope):
         await _visible_run(request, run_id)  # 404 run_not_found when absent or hidden
         which = "no checkpoint" if seq is None else f"no checkpoint with seq {seq}"
-        raise ApiError(404, "checkpoint_not_found", f"run {run_id!r} has {which}")
+        raise ApiError(404, ErrorCode.CHECKPOINT_NOT_FOUND, f"run {run_id!r} has {which}")
     if record.raw_size > store.offload_bytes:
         return await asyncio.to_thread(_open, store, record)
     return _open(store, record)
@@ -452,7 +461,7 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
     if tenant_id is not None:
         validate_id(tenant_id, "tenant_id")
         if scope is not None and tenant_id != scope:
-            raise ApiError(403, "forbidden", "a token may list only its own tenant's runs")
+            raise ApiError(403, ErrorCode.FORBIDDEN, "a token may list only its own tenant's runs")
     raw_status = request.query.get("status") or None
     status: CheckpointStatus | None = None
     if raw_status is not None:
@@ -461,7 +470,9 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
         except ValueError:
             allowed = ", ".join(s.value for s in CheckpointStatus)
             raise ApiError(
-                400, "invalid_parameter", f"status must be one of {allowed}, got {raw_status!r}"
+                400,
+                ErrorCode.INVALID_PARAMETER,
+                f"status must be one of {allowed}, got {raw_status!r}",
             ) from None
     cursor = request.query.get("cursor") or None
     try:
@@ -475,7 +486,7 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
     except FlowpointError:
         raise
     except ValueError as exc:
-        raise ApiError(400, "invalid_cursor", f"cursor is not valid: {exc}") from None
+        raise ApiError(400, ErrorCode.INVALID_CURSOR, f"cursor is not valid: {exc}") from None
     runs = [
         RunItem(
             run_id=r.run_id,
@@ -593,12 +604,14 @@ async def get_checkpoint(request: web.Request) -> web.StreamResponse:
     if not raw_seq.isdigit() or len(raw_seq) > 19:
         raise ApiError(
             400,
-            "invalid_parameter",
+            ErrorCode.INVALID_PARAMETER,
             f"seq must be a non-negative integer or 'latest', got {raw_seq!r}",
         )
     seq = int(raw_seq)
     if seq > INT64_MAX:
-        raise ApiError(400, "invalid_parameter", f"seq must be at most {INT64_MAX}, got {seq}")
+        raise ApiError(
+            400, ErrorCode.INVALID_PARAMETER, f"seq must be at most {INT64_MAX}, got {seq}"
+        )
     loaded = await _load(request, run_id, seq)
     _observe_resume(request, started)
     return _json_bytes(loaded.envelope())
@@ -692,7 +705,9 @@ def _validate_answer(schema: dict[str, Any] | None, answer: Any, path: str) -> N
         validator_cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ApiError(
-            422, "invalid_input_schema", f"the schema of input {path!r} is not valid: {exc.message}"
+            422,
+            ErrorCode.INVALID_INPUT_SCHEMA,
+            f"the schema of input {path!r} is not valid: {exc.message}",
         ) from None
     error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(answer))
     if error is not None:
@@ -712,7 +727,7 @@ async def submit_input(request: web.Request) -> web.StreamResponse:
         listed = ", ".join(repr(p) for p in pending) or "none"
         raise ApiError(
             422,
-            "unknown_input_path",
+            ErrorCode.UNKNOWN_INPUT_PATH,
             f"{body.path!r} is not a pending input of run {run_id!r} at seq "
             f"{loaded.record.seq} (pending: {listed})",
         )
@@ -775,7 +790,9 @@ async def expire(request: web.Request) -> web.StreamResponse:
     body = await _body(request, ExpireRequest)
     if _tenant_scope(request) is not None:
         # Expiry spans every tenant: with tokens configured no single tenant may trigger it.
-        raise ApiError(403, "forbidden", "expire is an operator action; run it without tokens")
+        raise ApiError(
+            403, ErrorCode.FORBIDDEN, "expire is an operator action; run it without tokens"
+        )
     removed = await _store(request).expire(body.older_than)
     return _json(ExpireResponse(removed=removed))
 

@@ -37,6 +37,7 @@ from aiohttp import web
 from checkpoint.crypto import Keyring, record_aad
 from checkpoint.errors import (
     CorruptCheckpointError,
+    ErrorCode,
     FlowpointError,
     InvalidIdError,
     SeqConflictError,
@@ -80,7 +81,7 @@ _CODINGS: Final = ("", "identity", "gzip")
 class _Rejected(Exception):
     """A checkpoint that must not be stored (and must not be retried): a 400."""
 
-    def __init__(self, reason: str, code: str, message: str) -> None:
+    def __init__(self, reason: str, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.code = code
@@ -217,7 +218,7 @@ def prepare(
     if actual != span.sha256:
         raise _Rejected(
             "checksum",
-            "checksum_mismatch",
+            ErrorCode.CHECKSUM_MISMATCH,
             f"checkpoint {span.key}: the payload's SHA-256 is {actual}, but the span's "
             f"{otlp.ATTR.SHA256} says {span.sha256}; the payload was damaged in transit or "
             "hashed over other bytes. Nothing of this request was stored.",
@@ -227,12 +228,12 @@ def prepare(
     except UnknownSchemaVersionError as exc:
         raise _Rejected(
             "invalid_payload",
-            "unknown_schema_version",
+            ErrorCode.UNKNOWN_SCHEMA_VERSION,
             f"checkpoint {span.key}: {exc} (upgrade the sidecar)",
         ) from exc
     except CorruptCheckpointError as exc:
         raise _Rejected(
-            "invalid_payload", "invalid_payload", f"checkpoint {span.key}: {exc}"
+            "invalid_payload", ErrorCode.INVALID_PAYLOAD, f"checkpoint {span.key}: {exc}"
         ) from exc
     mismatched = [
         f"{name} (span {want!r}, payload {got!r})"
@@ -255,7 +256,7 @@ def prepare(
     if mismatched:
         raise _Rejected(
             "payload_mismatch",
-            "payload_mismatch",
+            ErrorCode.PAYLOAD_MISMATCH,
             f"checkpoint {span.key}: the span's attributes do not match its payload: "
             + ", ".join(mismatched),
         )
@@ -290,9 +291,11 @@ def prepare(
 
 
 def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+    return web.json_response(
+        {"error": str(code), "message": message}, status=status, headers=headers
+    )
 
 
 class IngestService:
@@ -344,7 +347,7 @@ class IngestService:
             raise
         except Exception:
             log.exception("unexpected error while ingesting traces")
-            return _error(500, "internal", "internal error in the sidecar; see its log")
+            return _error(500, ErrorCode.INTERNAL, "internal error in the sidecar; see its log")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrival_ns = time.time_ns()
@@ -358,7 +361,7 @@ class IngestService:
         if content_type not in _SUPPORTED:
             return _error(
                 415,
-                "unsupported_media_type",
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                 f"Content-Type {content_type or '(none)'!r} is not supported: send OTLP as "
                 f"{otlp.PROTOBUF} or {otlp.JSON}",
             )
@@ -367,7 +370,7 @@ class IngestService:
             self.metrics.rejected("malformed")
             return _error(
                 415,
-                "unsupported_content_encoding",
+                ErrorCode.UNSUPPORTED_CONTENT_ENCODING,
                 f"Content-Encoding {coding!r} is not supported: send the body as is or gzip",
             )
         length = request.content_length
@@ -384,7 +387,7 @@ class IngestService:
             detail = getattr(cause, "message", None) or str(cause)
             return _error(
                 400,
-                "bad_content_encoding",
+                ErrorCode.BAD_CONTENT_ENCODING,
                 f"the request body could not be read as Content-Encoding {coding or 'identity'!r}"
                 f": {detail}",
             )
@@ -427,7 +430,7 @@ class IngestService:
                     spans,
                     foreign,
                     "tenant_mismatch",
-                    "tenant_mismatch",
+                    ErrorCode.TENANT_MISMATCH,
                     f"checkpoint {foreign[0].key} names tenant {foreign[0].tenant_id!r}, but "
                     f"the bearer token belongs to tenant {tenant!r}",
                 )
@@ -535,13 +538,21 @@ class IngestService:
             return self._unavailable(str(unavailable))
         if bad is not None:
             code = (
-                "tenant_mismatch"
+                ErrorCode.TENANT_MISMATCH
                 if isinstance(bad, TenantMismatchError)
-                else ("invalid_checkpoint" if isinstance(bad, InvalidIdError) else "rejected")
+                else (
+                    ErrorCode.INVALID_CHECKPOINT
+                    if isinstance(bad, InvalidIdError)
+                    else ErrorCode.REJECTED
+                )
             )
             return _error(400, code, str(bad))
         if conflict is not None:
-            code = "stale_epoch" if isinstance(conflict, StaleEpochError) else "seq_conflict"
+            code = (
+                ErrorCode.STALE_EPOCH
+                if isinstance(conflict, StaleEpochError)
+                else ErrorCode.SEQ_CONFLICT
+            )
             return _error(409, code, str(conflict))
         return self._ok(content_type, outcomes)
 
@@ -573,7 +584,7 @@ class IngestService:
             self.metrics.rejected("malformed")
             return _error(
                 400,
-                "bad_content_encoding",
+                ErrorCode.BAD_CONTENT_ENCODING,
                 f"the request body could not be read as Content-Encoding 'gzip': {result}",
             )
         return result
@@ -583,7 +594,7 @@ class IngestService:
         size = f" ({length} bytes)" if length is not None else ""
         return _error(
             413,
-            "payload_too_large",
+            ErrorCode.PAYLOAD_TOO_LARGE,
             f"the request body{size} exceeds the sidecar's limit of {self.max_body_bytes} "
             "bytes (after gzip decompression); raise --max-body-bytes or send smaller "
             "checkpoints",
@@ -592,7 +603,7 @@ class IngestService:
     def _unavailable(self, message: str) -> web.Response:
         return _error(
             503,
-            "store_unavailable",
+            ErrorCode.STORE_UNAVAILABLE,
             f"the checkpoint is not durable, retry: {message}",
             {"Retry-After": RETRY_AFTER_SECONDS},
         )
@@ -602,7 +613,7 @@ class IngestService:
         spans: Sequence[otlp.CheckpointSpan],
         guilty: Sequence[otlp.CheckpointSpan],
         reason: str,
-        code: str,
+        code: ErrorCode,
         message: str,
     ) -> web.Response:
         self.metrics.rejected(reason, len(guilty))

@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from checkpoint.errors import FlowpointError, InvalidIdError
+from checkpoint.errors import ErrorCode, FlowpointError, InvalidIdError
 from checkpoint.ids import validate_id
 from checkpoint.models import CheckpointStatus
 
@@ -79,7 +79,7 @@ class OtlpError(FlowpointError, ValueError):
     """A trace export that cannot be accepted. ``reason`` is the metrics label."""
 
     reason: str = "malformed"
-    code: str = "malformed_request"
+    code: ErrorCode = ErrorCode.MALFORMED_REQUEST
 
 
 class MalformedRequestError(OtlpError):
@@ -90,7 +90,7 @@ class InvalidCheckpointSpanError(OtlpError):
     """A ``checkpoint.save`` span lacks a required attribute, or one has the wrong type."""
 
     reason = "invalid_attributes"
-    code = "invalid_checkpoint"
+    code = ErrorCode.INVALID_CHECKPOINT
 
 
 @dataclass(slots=True)

@@ -30,16 +30,13 @@ from tenacity import (
 
 from checkpoint import codec
 from checkpoint.errors import (
+    ERROR_TYPES,
     CheckpointNotFoundError,
     ChecksumMismatchError,
-    ClaimConflictError,
     CodecError,
     ConfigError,
     CorruptCheckpointError,
-    EncryptionKeyMissingError,
     FlowpointError,
-    InputConflictError,
-    InputValidationError,
     InvalidIdError,
     PayloadTooLargeError,
     RunNotFoundError,
@@ -48,7 +45,6 @@ from checkpoint.errors import (
     StoreError,
     StoreUnavailableError,
     TenantMismatchError,
-    UnknownSchemaVersionError,
 )
 from checkpoint.ids import validate_id
 from checkpoint.models import (
@@ -75,40 +71,6 @@ OUTCOME_HEADER: Final = "Flowpoint-Outcome"
 _PAGE_MAX: Final = 1000
 _RETRIES: Final = 3
 
-# The sidecar's "error" codes (sidecar/api.py, sidecar/ingest.py) -> our exceptions.
-_ERRORS: Final[Mapping[str, type[FlowpointError]]] = {
-    "invalid_id": InvalidIdError,
-    "invalid_parameter": ConfigError,
-    "invalid_cursor": InvalidIdError,
-    "invalid_request": ConfigError,
-    "invalid_value": CodecError,
-    "invalid_checkpoint": InvalidIdError,
-    "invalid_payload": CorruptCheckpointError,
-    "payload_mismatch": CorruptCheckpointError,
-    "malformed_request": CorruptCheckpointError,
-    "run_not_found": RunNotFoundError,
-    "checkpoint_not_found": CheckpointNotFoundError,
-    "claim_conflict": ClaimConflictError,
-    "stale_epoch": StaleEpochError,
-    "seq_conflict": SeqConflictError,
-    "conflict": SeqConflictError,
-    "input_conflict": InputConflictError,
-    "input_validation": InputValidationError,
-    "unknown_input_path": InputValidationError,
-    "invalid_input_schema": InputValidationError,
-    "corrupt_checkpoint": CorruptCheckpointError,
-    "encryption_key_missing": EncryptionKeyMissingError,
-    "checksum": ChecksumMismatchError,
-    "checksum_mismatch": ChecksumMismatchError,
-    "unknown_schema_version": UnknownSchemaVersionError,
-    "tenant_mismatch": TenantMismatchError,
-    "payload_too_large": PayloadTooLargeError,
-    "too_large": PayloadTooLargeError,
-    "store_unavailable": StoreUnavailableError,
-    "not_durable": StoreUnavailableError,
-    "unavailable": StoreUnavailableError,
-}
-
 
 class _Retryable(Exception):
     """A read that may succeed when repeated (connection error, 502/503/504)."""
@@ -122,7 +84,7 @@ def _error_from(status: int, body: Any, what: str) -> FlowpointError:
     code = body.get("error") if isinstance(body, dict) else None
     message = body.get("message") if isinstance(body, dict) else None
     text = str(message or body or f"HTTP {status}")
-    cls = _ERRORS.get(str(code)) if code is not None else None
+    cls = ERROR_TYPES.get(str(code)) if code is not None else None
     if cls is not None:
         return cls(text)
     if status in (502, 503, 504):
@@ -448,8 +410,8 @@ class SidecarStore(BaseStore):
             if isinstance(doc, dict):
                 code = doc.get("error")
                 message = str(doc.get("message") or message)
-        if code is not None and str(code) in _ERRORS:
-            return _ERRORS[str(code)](message)
+        if code is not None and str(code) in ERROR_TYPES:
+            return ERROR_TYPES[str(code)](message)
         lowered = message.lower()
         for needle, cls in (
             ("epoch", StaleEpochError),
