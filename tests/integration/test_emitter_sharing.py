@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from instrumentation import CheckpointEmitter, EmitConflict, EmitRejected, EmitUnavailable
-from tests.integration.test_emitter_sidecar import (
+from tests.fixtures.otlp_recorder import (
     Received,
     Recorder,
     checkpoint,
@@ -26,20 +26,9 @@ from tests.integration.test_emitter_sidecar import (
     ok,
     outbox_files,
     rejected_files,
-    start_server,
 )
 
 Answer = Callable[[Received], Awaitable[web.StreamResponse]]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Recorder]:
-    recorder = Recorder()
-    runner = await start_server(recorder)
-    try:
-        yield recorder
-    finally:
-        await runner.cleanup()
 
 
 def held_first(then: Answer) -> tuple[asyncio.Event, Answer]:

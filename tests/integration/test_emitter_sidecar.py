@@ -14,24 +14,16 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -47,177 +39,20 @@ from instrumentation import (
     run_span,
     use_tracer_provider,
 )
-from instrumentation.outbox import Outbox
+from tests.fixtures.otlp_recorder import (
+    Received,
+    Recorder,
+    checkpoint,
+    dead_url,
+    emit,
+    json_error,
+    ok,
+    outbox_files,
+    rejected_files,
+    start_server,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-
-Responder = Callable[["Received"], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Received:
-    """One request as the server saw it."""
-
-    index: int
-    at: float
-    headers: dict[str, str]
-    request: ExportTraceServiceRequest
-
-    @property
-    def spans(self) -> list[PbSpan]:
-        return [s for rs in self.request.resource_spans for ss in rs.scope_spans for s in ss.spans]
-
-    @property
-    def span(self) -> PbSpan:
-        (only,) = self.spans
-        return only
-
-    @property
-    def resource(self) -> dict[str, Any]:
-        (rs,) = self.request.resource_spans
-        return {kv.key: _value(kv.value) for kv in rs.resource.attributes}
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return attrs_of(self.span)
-
-    @property
-    def key(self) -> str:
-        return self.key_of(self.span)
-
-    @staticmethod
-    def key_of(span: PbSpan) -> str:
-        a = attrs_of(span)
-        return f"{a['flowpoint.run_id']}:{a['flowpoint.seq']}"
-
-
-def _value(v: AnyValue) -> Any:
-    kind = v.WhichOneof("value")
-    return getattr(v, kind) if kind else None
-
-
-def attrs_of(span: PbSpan) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in span.attributes}
-
-
-@dataclass
-class Recorder:
-    """A tiny OTLP/HTTP server: records each request, answers as scripted (default 200)."""
-
-    received: list[Received] = field(default_factory=list)
-    responder: Responder | None = None
-    url: str = ""
-    _grew: asyncio.Condition | None = None
-
-    def _condition(self) -> asyncio.Condition:
-        if self._grew is None:
-            self._grew = asyncio.Condition()
-        return self._grew
-
-    async def wait_count(self, n: int) -> None:
-        """Return once at least ``n`` requests arrived."""
-        grew = self._condition()
-        async with grew:
-            await grew.wait_for(lambda: len(self.received) >= n)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        rec = Received(
-            index=len(self.received),
-            at=time.monotonic(),
-            headers=dict(request.headers),
-            request=ExportTraceServiceRequest.FromString(body),
-        )
-        self.received.append(rec)
-        grew = self._condition()
-        async with grew:
-            grew.notify_all()
-        if self.responder is not None:
-            return await self.responder(rec)
-        return ok()
-
-    def keys(self) -> list[str]:
-        """The key of every span received, request after request."""
-        return [r.key_of(span) for r in self.received for span in r.spans]
-
-
-def ok() -> web.Response:
-    return web.Response(
-        body=ExportTraceServiceResponse().SerializeToString(),
-        content_type="application/x-protobuf",
-    )
-
-
-def json_error(status: int, error: str, message: str, **headers: str) -> web.Response:
-    return web.json_response(
-        {"error": error, "message": message}, status=status, headers=headers or None
-    )
-
-
-async def start_server(recorder: Recorder, port: int = 0) -> web.AppRunner:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/traces", recorder.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    recorder.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/traces"
-    return runner
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Recorder]:
-    recorder = Recorder()
-    runner = await start_server(recorder)
-    try:
-        yield recorder
-    finally:
-        await runner.cleanup()
-
-
-def dead_url() -> str:
-    """An address where nothing listens (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1/traces"
-
-
-def checkpoint(
-    run_id: str, seq: int, payload: bytes | None = None, /, **extra: Any
-) -> dict[str, Any]:
-    """emit() arguments shaped like Flowpoint's checkpoint span."""
-    payload = payload if payload is not None else f'{{"run":"{run_id}","seq":{seq}}}'.encode()
-    attributes = {
-        "flowpoint.tenant_id": "acme",
-        "flowpoint.flow_id": "etl",
-        "flowpoint.run_id": run_id,
-        "flowpoint.seq": seq,
-        "flowpoint.status": "active",
-        "flowpoint.schema_version": 1,
-        "flowpoint.epoch": 0,
-        **extra,
-    }
-    return {
-        "attributes": attributes,
-        "payload": payload,
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "key": f"{run_id}:{seq}",
-    }
-
-
-async def emit(emitter: CheckpointEmitter, args: dict[str, Any]) -> Any:
-    return await emitter.emit(
-        args["attributes"], args["payload"], payload_sha256=args["payload_sha256"], key=args["key"]
-    )
-
-
-def outbox_files(directory: Path) -> list[str]:
-    return Outbox(directory).names()
-
-
-def rejected_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in (directory / "rejected").glob("*.rec"))
 
 
 # -- what arrives -------------------------------------------------------------------------
