@@ -91,7 +91,8 @@ DEFAULT_ENDPOINT: Final = "http://127.0.0.1:4318/v1/traces"
 SPAN_NAME: Final = "checkpoint.save"
 PAYLOAD_ATTR: Final = "flowpoint.payload"
 SHA256_ATTR: Final = "flowpoint.sha256"
-#: The sidecar's answer header naming each checkpoint's outcome (stored, duplicate, spooled).
+#: The sidecar's answer header naming each checkpoint's outcome (stored, duplicate, spooled);
+#: checkpoint.stores.sidecar.OUTCOME_HEADER, restated: instrumentation imports no checkpoint.
 OUTCOME_HEADER: Final = "Flowpoint-Outcome"
 _SCOPE: Final = "flowpoint.checkpoint"
 _CONTENT_TYPE: Final = "application/x-protobuf"

@@ -54,6 +54,7 @@ from checkpoint.models import (
     checkpoint_from_bytes,
 )
 from checkpoint.store import SealedCheckpoint, summarize
+from checkpoint.stores.sidecar import OUTCOME_HEADER
 from sidecar import otlp
 from sidecar.api import ApiError, tenant_of
 from sidecar.events import CHECKPOINT_CREATED, INPUT_REQUESTED, STATUS_CHANGED, EventBroker
@@ -68,7 +69,6 @@ __all__ = ["OUTCOME_HEADER", "IngestService", "RunTracker"]
 
 log = logging.getLogger("flowpoint.sidecar.ingest")
 
-OUTCOME_HEADER: Final = "Flowpoint-Outcome"
 RETRY_AFTER_SECONDS: Final = "1"
 _SUPPORTED: Final = (otlp.PROTOBUF, otlp.JSON)
 # OTLP/HTTP compresses with gzip only. aiohttp would inflate "deflate" too, but a deflate

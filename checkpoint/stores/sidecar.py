@@ -708,6 +708,7 @@ def _outcome_of(ack: Any) -> PutOutcome:
         value = headers.get(OUTCOME_HEADER) or headers.get(OUTCOME_HEADER.lower())
         if value is not None:
             outcomes = {v.strip() for v in str(value).split(",")}
-            # one checkpoint per request; "spooled" is durable and new, so it counts as stored
+            # the emitter hands each ack its own checkpoint's outcome; "spooled" is durable
+            # and new, so it counts as stored
             return "duplicate" if outcomes == {"duplicate"} else "stored"
     return "stored"

@@ -45,3 +45,11 @@ def test_request_level_codes_are_mapped_by_http_status() -> None:
         "StoreUnavailableError"
     )
     assert type(_error_from(401, {"error": "unauthorized"}, "test")).__name__ == "StoreError"
+
+
+def test_the_outcome_header_has_one_name_on_both_sides() -> None:
+    from checkpoint.stores.sidecar import OUTCOME_HEADER
+    from instrumentation import emitter
+    from sidecar import ingest
+
+    assert emitter.OUTCOME_HEADER == OUTCOME_HEADER == ingest.OUTCOME_HEADER
