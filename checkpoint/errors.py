@@ -14,6 +14,7 @@ from typing import Final
 __all__ = [
     "ERROR_TYPES",
     "CheckpointNotFoundError",
+    "CheckpointRefusedError",
     "ChecksumMismatchError",
     "ClaimConflictError",
     "CodecError",
@@ -96,6 +97,15 @@ class UnknownSchemaVersionError(FlowpointError):
     """A checkpoint was written by a newer Flowpoint (its ``schema_version`` is unknown).
 
     Upgrade Flowpoint in this process to read it.
+    """
+
+
+class CheckpointRefusedError(FlowpointError, ValueError):
+    """The store cannot hold this checkpoint as it is; sending it again will not help.
+
+    PostgreSQL, for one, refuses a NUL character (or a lone surrogate) in the text it
+    indexes (a node id, an input path). Only the refused checkpoint fails: the others
+    of its batch are stored.
     """
 
 
@@ -193,7 +203,7 @@ class ErrorCode(StrEnum):
     TENANT_MISMATCH = "tenant_mismatch"
     STALE_EPOCH = "stale_epoch"
     SEQ_CONFLICT = "seq_conflict"
-    REJECTED = "rejected"  # refused by the store for another reason (see the message)
+    REJECTED = "rejected"  # the store cannot hold it (see the message): do not retry
     # stored checkpoints, runs, claims and human input
     CORRUPT_CHECKPOINT = "corrupt_checkpoint"
     ENCRYPTION_KEY_MISSING = "encryption_key_missing"
@@ -228,6 +238,7 @@ ERROR_TYPES: Final[Mapping[str, type[FlowpointError]]] = {
     ErrorCode.TENANT_MISMATCH: TenantMismatchError,
     ErrorCode.STALE_EPOCH: StaleEpochError,
     ErrorCode.SEQ_CONFLICT: SeqConflictError,
+    ErrorCode.REJECTED: CheckpointRefusedError,
     ErrorCode.CORRUPT_CHECKPOINT: CorruptCheckpointError,
     ErrorCode.ENCRYPTION_KEY_MISSING: EncryptionKeyMissingError,
     ErrorCode.RUN_NOT_FOUND: RunNotFoundError,

@@ -296,8 +296,13 @@ def checkpoint_to_bytes(cp: FlowCheckpoint) -> bytes:
     share = codec.to_jsonable
     doc["original_input"] = share(cp.original_input, "$.original_input", share=True)
     doc["metadata"] = share(cp.metadata, "$.metadata", share=True)
+    # Paired by position, and keyed again by the model's own keys: pydantic's JSON mode
+    # mangles a dict key holding a lone surrogate (a value it keeps as is).
+    node_docs = doc["node_states"] = dict(
+        zip(cp.node_states, doc["node_states"].values(), strict=True)
+    )
     for node_id, state in cp.node_states.items():
-        node_doc = doc["node_states"][node_id]
+        node_doc = node_docs[node_id]
         for name in _USER_FIELDS:
             where = f"$.node_states.{state.node_id}.{name}"
             node_doc[name] = share(getattr(state, name), where, share=True)

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from checkpoint import codec
 from checkpoint.errors import (
     CheckpointNotFoundError,
+    CheckpointRefusedError,
     ClaimConflictError,
     CodecError,
     ConfigError,
@@ -134,6 +135,7 @@ _ERROR_MAP: tuple[tuple[type[FlowpointError], int, ErrorCode], ...] = (
     (InputValidationError, 422, ErrorCode.INPUT_VALIDATION),
     (PayloadTooLargeError, 413, ErrorCode.PAYLOAD_TOO_LARGE),
     (CodecError, 400, ErrorCode.INVALID_VALUE),
+    (CheckpointRefusedError, 400, ErrorCode.REJECTED),
     (ConfigError, 400, ErrorCode.INVALID_PARAMETER),
     (RunNotFoundError, 404, ErrorCode.RUN_NOT_FOUND),
     (TenantMismatchError, 404, ErrorCode.RUN_NOT_FOUND),

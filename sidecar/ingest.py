@@ -36,6 +36,7 @@ from aiohttp import web
 
 from checkpoint.crypto import Keyring, record_aad
 from checkpoint.errors import (
+    CheckpointRefusedError,
     CorruptCheckpointError,
     ErrorCode,
     FlowpointError,
@@ -706,6 +707,8 @@ class IngestService:
                 reason = (
                     "tenant_mismatch"
                     if isinstance(result, TenantMismatchError)
+                    else "refused_by_store"
+                    if isinstance(result, CheckpointRefusedError)
                     else "invalid_attributes"
                 )
                 m.rejected(reason)

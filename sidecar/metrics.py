@@ -70,6 +70,7 @@ REJECT_REASONS: Final = (
     "invalid_payload",
     "payload_mismatch",
     "tenant_mismatch",
+    "refused_by_store",
     "request_rejected",
 )
 

@@ -404,6 +404,41 @@ async def test_a_record_refused_on_replay_goes_to_the_dead_letter_file(
     assert (await readyz(client, sc))[1]["spool"]["dead_letters"] == 1
 
 
+async def test_a_checkpoint_postgresql_cannot_hold_is_refused_alone_and_never_jams_the_spool(
+    launch: Callable[..., Awaitable[Durable]], client: aiohttp.ClientSession, spans: SpanRecorder
+) -> None:
+    sc = await launch()
+    # A NUL in an input path: valid JSON, a valid checkpoint, text PostgreSQL cannot hold.
+    poison = make_checkpoint("run-q", 0, pending=["re\x00view"])
+    status, _, body = await send(
+        client, sc, spans, make_checkpoint("run-p", 0), poison, make_checkpoint("run-p", 1)
+    )
+    assert status == 400 and json.loads(body)["error"] == "rejected"
+    assert "run-q#0" in json.loads(body)["message"]
+    assert await rows(sc.dsn) == {("run-p", 0): 1, ("run-p", 1): 1}  # its batch is stored
+    for _ in range(3):  # more than the breaker's threshold: a refusal is not an outage
+        assert (await send(client, sc, spans, poison))[0] == 400
+    code, doc = await readyz(client, sc)
+    assert code == 200 and doc["breaker"]["state"] == "closed" and doc["spool"]["records"] == 0
+
+    # Spooled during an outage (nobody can tell then), it is dead-lettered on replay and
+    # the records behind it reach PostgreSQL.
+    sc.proxy.set("down")
+    status, headers, _ = await send(client, sc, spans, poison)
+    assert status == 200 and headers["Flowpoint-Outcome"] == "spooled"
+    assert (await send(client, sc, spans, make_checkpoint("run-p", 2)))[0] == 200
+    sc.proxy.set("up")
+    await eventually(lambda: _empty(sc.durability))
+    assert await rows(sc.dsn) == {("run-p", 0): 1, ("run-p", 1): 1, ("run-p", 2): 1}
+    [line] = (sc.spool_dir / "dead-letter" / "dead-letter.jsonl").read_text().splitlines()
+    doc = json.loads(line)
+    assert (doc["run_id"], doc["seq"], doc["reason"]) == ("run-q", 0, "rejected")
+    m = await samples(client, sc)
+    assert metric(m, "flowpoint_spool_replayed_total", result="dead_letter") == 1
+    assert metric(m, "flowpoint_checkpoint_rejected_total", reason="refused_by_store") == 4
+    assert metric(m, "flowpoint_breaker_state") == 0
+
+
 async def test_a_full_spool_answers_503_and_readyz_unavailable(
     launch: Callable[..., Awaitable[Durable]], client: aiohttp.ClientSession, spans: SpanRecorder
 ) -> None:

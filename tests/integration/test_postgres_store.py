@@ -17,6 +17,7 @@ import pytest
 
 from checkpoint import CheckpointStatus, FlowCheckpoint, NodeState, NodeStatus, PendingInput
 from checkpoint.errors import (
+    CheckpointRefusedError,
     InvalidIdError,
     SeqConflictError,
     StaleEpochError,
@@ -265,6 +266,54 @@ async def test_put_sealed_many_mixed_outcomes_in_one_batch(
     )
     ten_run = await store.get_run("ten")
     assert ten_run is not None and ten_run.tenant_id == "t1" and ten_run.latest_seq == 0
+
+
+def unstorable_cp(run_id: str, seq: int, *, node_id: str) -> FlowCheckpoint:
+    """A valid checkpoint whose completed node id PostgreSQL's text cannot hold."""
+    cp = make_cp(run_id, seq)
+    state = NodeState(node_id=node_id, node_type="FunctionNode", status=NodeStatus.SUCCEEDED)
+    return cp.model_copy(update={"node_states": {node_id: state}})
+
+
+async def test_a_record_postgresql_cannot_hold_is_refused_alone(
+    postgres_store: PostgresStore, pg_dsn: str
+) -> None:
+    store = postgres_store
+    batch = [
+        seal(store, make_cp("fine-a", 0)),
+        seal(store, unstorable_cp("nul", 0, node_id="a\x00b")),
+        seal(store, make_cp("fine-a", 1)),
+        seal(store, make_cp("fine-b", 0, pending=("review",))),
+        seal(store, make_cp("nul-path", 0, pending=("re\x00view",))),
+        seal(store, make_cp("fine-b", 1, status=CheckpointStatus.COMPLETED)),
+    ]
+    results = await store.put_sealed_many([(record, 0) for record in batch])
+
+    assert [r if isinstance(r, str) else type(r) for r in results] == [
+        "stored",
+        CheckpointRefusedError,
+        "stored",
+        "stored",
+        CheckpointRefusedError,
+        "stored",
+    ]
+    assert "nul#0" in str(results[1]) and "UntranslatableCharacter" in str(results[1])
+    stored = await fetch_all(pg_dsn, "SELECT run_id, seq FROM checkpoints ORDER BY 1, 2")
+    assert [(r["run_id"], r["seq"]) for r in stored] == [
+        ("fine-a", 0),
+        ("fine-a", 1),
+        ("fine-b", 0),
+        ("fine-b", 1),
+    ]
+    run_b = await store.get_run("fine-b")
+    assert run_b is not None
+    assert (run_b.latest_seq, run_b.status) == (1, CheckpointStatus.COMPLETED)
+    assert await store.get_run("nul") is None and await store.get_run("nul-path") is None
+
+    # Alone (the single-record road) it is refused the same way, and stays refused.
+    with pytest.raises(CheckpointRefusedError, match="NUL"):
+        await store.put(unstorable_cp("nul", 0, node_id="a\x00b"))
+    assert await store.put(make_cp("nul", 0)) == "stored"
 
 
 async def test_put_sealed_many_out_of_order_keeps_status_of_max_seq(

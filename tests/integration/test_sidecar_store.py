@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from checkpoint import (
+    CheckpointRefusedError,
     ChecksumMismatchError,
     ClaimConflictError,
     CorruptCheckpointError,
@@ -78,6 +79,8 @@ async def test_sidecar_refusals_become_store_errors(
         await sidecar_store.put(checkpoint("run-1", 0, note="second"))
     with pytest.raises(TenantMismatchError):
         await sidecar_store.put(checkpoint("run-1", 1, tenant_id="globex"))
+    with pytest.raises(CheckpointRefusedError, match="NUL"):  # text PostgreSQL cannot hold
+        await sidecar_store.put(checkpoint("run-nul", 0, pending=["re\x00view"]))
 
     claim = await sidecar_store.claim("run-1", "worker-a", 30)
     with pytest.raises(ClaimConflictError):

@@ -328,6 +328,18 @@ def test_lone_surrogates_and_huge_ints_are_refused() -> None:
         codec.encode(10**5000)
 
 
+def test_a_node_id_with_a_lone_surrogate_is_refused_like_any_value() -> None:
+    from checkpoint import FlowCheckpoint, NodeState, NodeStatus
+    from checkpoint.models import checkpoint_to_bytes
+
+    state = NodeState(node_id="a\ud800", node_type="FunctionNode", status=NodeStatus.SUCCEEDED)
+    cp = FlowCheckpoint(
+        tenant_id="t", flow_id="f", run_id="r", seq=0, node_states={state.node_id: state}
+    )
+    with pytest.raises(CodecError, match="surrogates not allowed"):
+        checkpoint_to_bytes(cp)
+
+
 def test_codec_errors_are_flowpoint_value_errors() -> None:
     with pytest.raises(ValueError):
         codec.encode(object())

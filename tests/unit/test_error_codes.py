@@ -37,7 +37,6 @@ def test_request_level_codes_are_mapped_by_http_status() -> None:
         ErrorCode.BAD_CONTENT_ENCODING,
         ErrorCode.UNAUTHORIZED,
         ErrorCode.FORBIDDEN,
-        ErrorCode.REJECTED,
         ErrorCode.NOT_READY,
         ErrorCode.INTERNAL,
     }

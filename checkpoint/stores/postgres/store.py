@@ -36,6 +36,7 @@ from tenacity import (
 )
 
 from checkpoint.errors import (
+    CheckpointRefusedError,
     ClaimConflictError,
     ConfigError,
     FlowpointError,
@@ -221,6 +222,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.ReadOnlySQLTransactionError,
+)
+# The server (or the driver) refuses a value of the record itself: a NUL character or a lone
+# surrogate in the summary's text, a value out of range, a row over a size limit. Sending
+# the same record again would fail the same way, so it is refused alone (see _put_chunk).
+_REFUSALS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+    asyncpg.exceptions._base.DataError,  # the driver's own: a value it cannot encode
 )
 # Raced with another transaction: running the same statement again is correct.
 _RACES: tuple[type[BaseException], ...] = (
@@ -411,8 +421,9 @@ class PostgresStore(BaseStore):
 
         Returns, per item and in order, ``"stored"``, ``"duplicate"`` or the
         error refusing it (:class:`SeqConflictError`, :class:`StaleEpochError`,
-        :class:`TenantMismatchError`, :class:`InvalidIdError`); a refused item
-        does not fail the others. Several items with the same ``(run_id, seq)``
+        :class:`TenantMismatchError`, :class:`InvalidIdError`,
+        :class:`CheckpointRefusedError` for a value PostgreSQL cannot hold); a
+        refused item does not fail the others. Several items with the same ``(run_id, seq)``
         are fine: the first is stored, the rest are duplicates or conflicts.
         Raises :class:`StoreUnavailableError` / :class:`StoreError` when the
         batch could not be committed (nothing of it was).
@@ -420,7 +431,9 @@ class PostgresStore(BaseStore):
         One round trip and one commit per call. Only a batch whose payloads add
         up to more than 256 MiB is split into several transactions (PostgreSQL
         caps one parameter at 1 GiB); each item's outcome is the same either way.
-        A batch is retried once on a lost connection, so an item stored by the
+        A batch PostgreSQL refuses for a value of one record is halved until that
+        record stands alone (a few more round trips, only then). A batch is
+        retried once on a lost connection, so an item stored by the
         lost attempt may be reported ``"duplicate"``.
         """
         results: list[PutOutcome | FlowpointError | None] = [None] * len(items)
@@ -449,10 +462,27 @@ class PostgresStore(BaseStore):
         positions: list[int],
         results: list[PutOutcome | FlowpointError | None],
     ) -> None:
-        if len(positions) == 1:
-            await self._put_one(items, positions[0], results)
-        else:
-            await self._put_many(items, positions, results)
+        try:
+            if len(positions) == 1:
+                await self._put_one(items, positions[0], results)
+            else:
+                await self._put_many(items, positions, results)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, _REFUSALS):
+                raise
+            if len(positions) == 1:
+                record = items[positions[0]][0]
+                results[positions[0]] = CheckpointRefusedError(
+                    f"PostgreSQL cannot store checkpoint {record.run_id}#{record.seq}: "
+                    f"{_first_line(exc.__cause__)} (look for a NUL character or a lone "
+                    "surrogate in a node id or an input path); the rest of its batch is stored"
+                )
+                return
+            # One record must not fail the others: halve the batch until it stands alone.
+            # The halves commit in order, so a run's checkpoints still land in seq order.
+            half = len(positions) // 2
+            await self._put_chunk(items, positions[:half], results)
+            await self._put_chunk(items, positions[half:], results)
 
     async def _put_many(
         self,
@@ -771,6 +801,10 @@ def _check_status(status: object) -> str:
     except ValueError as exc:
         allowed = ", ".join(s.value for s in CheckpointStatus)
         raise ConfigError(f"unknown status {status!r}: use one of {allowed}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _validate_put(record: SealedCheckpoint, epoch: int) -> None:
