@@ -71,6 +71,7 @@ __all__ = ["OUTCOME_HEADER", "IngestService", "RunTracker"]
 log = logging.getLogger("flowpoint.sidecar.ingest")
 
 RETRY_AFTER_SECONDS: Final = "1"
+DECODE_OFFLOAD_BYTES: Final = 8 * 1024 * 1024
 _SUPPORTED: Final = (otlp.PROTOBUF, otlp.JSON)
 # OTLP/HTTP compresses with gzip only. aiohttp would inflate "deflate" too, but a deflate
 # body that ends mid-stream and arrives after the headers leaves request.read() waiting
@@ -402,7 +403,9 @@ class IngestService:
         t_decode = timeline.decode_start = time.perf_counter()
         decode = otlp.decode_json if content_type == otlp.JSON else otlp.decode_protobuf
         try:
-            if len(body) > self.offload_bytes:
+            # Decoding holds the GIL (upb, json): a thread only keeps the loop breathing
+            # through a huge body, and costs a hand-off on every ordinary one.
+            if len(body) > DECODE_OFFLOAD_BYTES:
                 decoded = await asyncio.get_running_loop().run_in_executor(
                     self._executor, decode, body
                 )

@@ -23,6 +23,7 @@ from checkpoint.models import CheckpointStatus, checkpoint_to_bytes
 from checkpoint.stores.postgres import PostgresStore
 from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.ingest import DECODE_OFFLOAD_BYTES
 from tests.fixtures.sidecar import (
     InprocSidecar,
     SpanRecorder,
@@ -496,6 +497,14 @@ async def test_many_checkpoints_in_one_request(
     assert headers["Flowpoint-Outcome"] == "stored"
     assert len(await stored_rows(_dsn(sidecar_inproc))) == 71
     assert await sidecar_inproc.store.get("run-many-big") == cps[-1]
+
+    # A body past DECODE_OFFLOAD_BYTES is decoded in a worker thread: same answer.
+    huge = [make_checkpoint(f"run-huge-{i}", 0, payload_bytes=3_500_000) for i in range(3)]
+    body = otlp_body([spans.checkpoint_span(cp) for cp in huge])
+    assert len(body) > DECODE_OFFLOAD_BYTES
+    status, headers, answer = await post(http, sidecar_inproc, body)
+    assert status == 200 and headers["Flowpoint-Outcome"] == "stored", answer
+    assert await sidecar_inproc.store.get("run-huge-2") == huge[2]
 
 
 def _dsn(sidecar: InprocSidecar) -> str:
