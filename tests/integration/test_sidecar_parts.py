@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from checkpoint.codec import sha256_hex
@@ -52,13 +54,16 @@ def test_large_agent_payload_parses_like_the_reference() -> None:
     assert parse_checkpoint(raw) == checkpoint_from_bytes(raw)
 
 
-@pytest.mark.parametrize("value", ["2**70", "NaN", '"\\ud800"', "1e400"])
-def test_json_that_orjson_refuses_takes_the_reference_road(value: str) -> None:
-    """Huge integers, NaN, lone surrogates: json takes them, orjson does not."""
+@pytest.mark.parametrize(
+    "value",
+    ["2**70", "-(2**70)", "NaN", '"\\ud800"', "1e400", "-0", "1.5e308", "[[[[[[[[[]]]]]]]]]"],
+)
+def test_json_the_fast_decoder_refuses_or_bends_parses_like_the_reference(value: str) -> None:
+    """Huge integers, NaN, lone surrogates, extreme numbers: exactly what json.loads makes."""
     cp = make_checkpoint("run-p", 7).model_copy(update={"node_states": {}})
     doc = json.loads(checkpoint_to_bytes(cp))
     doc["original_input"] = {"x": 0}
-    literal = str(2**70) if value == "2**70" else value
+    literal = {"2**70": str(2**70), "-(2**70)": str(-(2**70))}.get(value, value)
     raw = json.dumps(doc).replace('{"x": 0}', '{"x": ' + literal + "}").encode()
     try:
         expected = checkpoint_from_bytes(raw)
@@ -68,6 +73,45 @@ def test_json_that_orjson_refuses_takes_the_reference_road(value: str) -> None:
         return
     parsed = parse_checkpoint(raw)
     assert repr(parsed) == repr(expected)  # repr: NaN != NaN
+
+
+def test_a_byte_order_mark_or_duplicate_keys_parse_like_the_reference() -> None:
+    cp = make_checkpoint("run-p", 8).model_copy(update={"node_states": {}})
+    raw = checkpoint_to_bytes(cp)
+    bom = b"\xef\xbb\xbf" + raw  # json.loads takes it, msgspec does not: the reference road
+    assert parse_checkpoint(bom) == checkpoint_from_bytes(bom) == cp
+    twice = raw[:-1] + b',"seq":9}'  # the last one wins, in both
+    assert parse_checkpoint(twice) == checkpoint_from_bytes(twice)
+    assert parse_checkpoint(twice).seq == 9
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json_values)
+def test_any_user_value_parses_like_the_reference(value: object) -> None:
+    cp = make_checkpoint("run-p", 1).model_copy(update={"node_states": {}})
+    doc = json.loads(checkpoint_to_bytes(cp))
+    doc["original_input"] = value
+    raw = json.dumps(doc, ensure_ascii=False).encode()
+    try:
+        expected = checkpoint_from_bytes(raw)
+    except CorruptCheckpointError:
+        with pytest.raises(CorruptCheckpointError):
+            parse_checkpoint(raw)
+        return
+    assert repr(parse_checkpoint(raw)) == repr(expected)
 
 
 def test_tagged_payload_parses_like_the_reference() -> None:
