@@ -129,19 +129,24 @@ def _sort_key(item: Any) -> bytes:
     return canonical_json(item)
 
 
-def to_jsonable(value: Any, _path: str = "$", *, share: bool = False) -> Any:
+def to_jsonable(
+    value: Any, _path: str = "$", *, share: bool = False, floats: list[bool] | None = None
+) -> Any:
     """Turn ``value`` into plain JSON types, tagging what JSON cannot express.
 
     ``_path`` names ``value`` in error messages (``$`` by default). With ``share``, the
     result reuses every part of ``value`` that is already plain JSON instead of copying
     it (no allocation for a plain value): for callers that only serialize the result and
-    never mutate it.
+    never mutate it. ``floats`` (a one-item list) is set to ``[True]`` when the result may
+    hold a float, so :func:`canonical_json` can skip its float check (``floats=False``).
     """
+    seen = floats if floats is not None else [False]
     try:
         try:
-            return _shared(value, 0) if share else _plain(value, 0)
+            return _shared(value, 0, seen) if share else _plain(value, 0, seen)
         except CodecError:
             # The fast walk does not track where it is: walk again, naming the culprit.
+            seen[0] = True
             return _to_jsonable(value, _path, 0)
     except RecursionError:  # a deep stack already: MAX_DEPTH is a guard, not a promise
         raise CodecError(f"value at {_path} is nested too deeply to checkpoint") from None
@@ -149,15 +154,20 @@ def to_jsonable(value: Any, _path: str = "$", *, share: bool = False) -> Any:
 
 _LEAVES: frozenset[type] = frozenset({str, int, bool, type(None)})
 
+# The walks below mark ``seen`` for every finite float they pass, and for every value they
+# hand to _to_jsonable (which may turn odd types into floats): conservative, never wrong.
+# ``v - v == 0.0`` is math.isfinite(v) without the call: inf - inf and nan - nan are nan.
 
-def _shared(value: Any, depth: int) -> Any:
+
+def _shared(value: Any, depth: int, seen: list[bool]) -> Any:
     """:func:`_plain` that returns plain parts of ``value`` themselves, copying only
     the containers on the way to a value that needed converting."""
     kind = type(value)
     if kind is str or kind is int or value is None or kind is bool:
         return value
-    if kind is float:
-        return value if math.isfinite(value) else _to_jsonable(value, "$", depth)
+    if kind is float and value - value == 0.0:
+        seen[0] = True
+        return value
     if depth < MAX_DEPTH:
         inner = depth + 1
         if kind is dict:
@@ -170,7 +180,7 @@ def _shared(value: Any, depth: int) -> Any:
                     for k, v in value.items():
                         if type(v) in _LEAVES:  # inline: most values are leaves
                             continue
-                        converted = _shared(v, inner)
+                        converted = _shared(v, inner, seen)
                         if converted is not v:
                             if copy is None:
                                 copy = dict(value)
@@ -181,16 +191,17 @@ def _shared(value: Any, depth: int) -> Any:
             for i, v in enumerate(value):
                 if type(v) in _LEAVES:
                     continue
-                converted = _shared(v, inner)
+                converted = _shared(v, inner, seen)
                 if converted is not v:
                     if items is None:
                         items = list(value)
                     items[i] = converted
             return value if items is None else items
+    seen[0] = True
     return _to_jsonable(value, "$", depth)
 
 
-def _plain(value: Any, depth: int) -> Any:
+def _plain(value: Any, depth: int, seen: list[bool]) -> Any:
     """:func:`_to_jsonable` for the common case, without building error paths.
 
     Checkpoints are mostly exact str/int/float/bool/None, str-keyed dicts and lists;
@@ -202,8 +213,9 @@ def _plain(value: Any, depth: int) -> Any:
     kind = type(value)
     if kind is str or kind is int or value is None or kind is bool:
         return value
-    if kind is float:
-        return value if math.isfinite(value) else _to_jsonable(value, "$", depth)
+    if kind is float and value - value == 0.0:
+        seen[0] = True
+        return value
     if depth < MAX_DEPTH:
         inner = depth + 1
         if kind is dict:
@@ -212,9 +224,10 @@ def _plain(value: Any, depth: int) -> Any:
                     if type(key) is not str:
                         break
                 else:
-                    return {k: _plain(v, inner) for k, v in value.items()}
+                    return {k: _plain(v, inner, seen) for k, v in value.items()}
         elif kind is list:
-            return [_plain(v, inner) for v in value]
+            return [_plain(v, inner, seen) for v in value]
+    seen[0] = True
     return _to_jsonable(value, "$", depth)
 
 
@@ -413,14 +426,16 @@ def _hashable(value: Any) -> Any:
 _SMALL_EXPONENT = re.compile(rb"e-(?<=[0-9]e-)")
 
 
-def canonical_json(obj: Any, *, finite: bool = False) -> bytes:
+def canonical_json(obj: Any, *, finite: bool = False, floats: bool = True) -> bytes:
     """Serialize already-JSON-typed ``obj`` canonically (sorted keys, compact, UTF-8).
 
     ``finite=True`` promises that ``obj`` holds no NaN or infinity (true of anything
     :func:`to_jsonable` returned): the bytes are then made by orjson, ~15x faster and
     byte-identical to the reference ``json.dumps`` encoding, which remains the fallback
     for everything orjson writes differently or refuses (integers past 64 bits, lone
-    surrogates, non-string keys, very deep nesting, small floats).
+    surrogates, non-string keys, very deep nesting, small floats). ``floats=False``
+    promises that ``obj`` holds no float at all (see :func:`to_jsonable`): the scan of
+    the output for small floats, most of the cost on a large text-heavy value, is skipped.
     """
     if finite:
         try:
@@ -428,7 +443,7 @@ def canonical_json(obj: Any, *, finite: bool = False) -> bytes:
         except TypeError:  # orjson.JSONEncodeError: the reference road decides
             pass
         else:
-            if b"0.0000" not in out and _SMALL_EXPONENT.search(out) is None:
+            if not floats or (b"0.0000" not in out and _SMALL_EXPONENT.search(out) is None):
                 return out
     try:
         return json.dumps(
@@ -446,7 +461,9 @@ def encode(value: Any) -> bytes:
     >>> encode({"b": b"\\x00", "a": (1, 2)})
     b'{"a":{"$t":"tuple","v":[1,2]},"b":{"$t":"bytes","v":"AA=="}}'
     """
-    return canonical_json(to_jsonable(value), finite=True)
+    floats = [False]
+    doc = to_jsonable(value, floats=floats)
+    return canonical_json(doc, finite=True, floats=floats[0])
 
 
 def decode(data: bytes) -> Any:

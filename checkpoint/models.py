@@ -51,6 +51,7 @@ __all__ = [
     "PendingInput",
     "checkpoint_from_bytes",
     "checkpoint_to_bytes",
+    "node_state_to_bytes",
     "register_migration",
     "utcnow",
 ]
@@ -293,9 +294,14 @@ def checkpoint_to_bytes(cp: FlowCheckpoint) -> bytes:
             raise cause from None
         raise CodecError(str(exc)) from exc
     # The same values and error paths as the field serializers (see _encode_user).
-    share = codec.to_jsonable
-    doc["original_input"] = share(cp.original_input, "$.original_input", share=True)
-    doc["metadata"] = share(cp.metadata, "$.metadata", share=True)
+    # Model fields hold no floats, except a pending input's JSON schema.
+    floats = [any(p.schema_ is not None for p in cp.pending_inputs)]
+
+    def share(value: Any, where: str) -> Any:
+        return codec.to_jsonable(value, where, share=True, floats=floats)
+
+    doc["original_input"] = share(cp.original_input, "$.original_input")
+    doc["metadata"] = share(cp.metadata, "$.metadata")
     # Paired by position, and keyed again by the model's own keys: pydantic's JSON mode
     # mangles a dict key holding a lone surrogate (a value it keeps as is).
     node_docs = doc["node_states"] = dict(
@@ -304,13 +310,30 @@ def checkpoint_to_bytes(cp: FlowCheckpoint) -> bytes:
     for node_id, state in cp.node_states.items():
         node_doc = node_docs[node_id]
         for name in _USER_FIELDS:
-            where = f"$.node_states.{state.node_id}.{name}"
-            node_doc[name] = share(getattr(state, name), where, share=True)
+            node_doc[name] = share(getattr(state, name), f"$.node_states.{state.node_id}.{name}")
     for pending, pending_doc in zip(cp.pending_inputs, doc["pending_inputs"], strict=True):
-        where = f"$.pending_inputs[{pending.path}].metadata"
-        pending_doc["metadata"] = share(pending.metadata, where, share=True)
+        pending_doc["metadata"] = share(
+            pending.metadata, f"$.pending_inputs[{pending.path}].metadata"
+        )
     # Model fields hold no floats and user values pass through to_jsonable: finite.
-    return codec.canonical_json(doc, finite=True)
+    return codec.canonical_json(doc, finite=True, floats=floats[0])
+
+
+def node_state_to_bytes(state: NodeState) -> bytes:
+    """One node's canonical JSON, exactly as :func:`checkpoint_to_bytes` writes it.
+
+    The flow runtime encodes each node once per change and joins the results per save.
+    """
+    try:
+        doc = state.model_dump(mode="json", by_alias=True, exclude=set(_USER_FIELDS))
+    except (ValueError, TypeError) as exc:
+        raise CodecError(str(exc)) from exc
+    floats = [False]  # the model's own fields hold no floats
+    for name in _USER_FIELDS:
+        where = f"$.node_states.{state.node_id}.{name}"
+        doc[name] = codec.to_jsonable(getattr(state, name), where, share=True, floats=floats)
+    # to_jsonable leaves no NaN or infinity.
+    return codec.canonical_json(doc, finite=True, floats=floats[0])
 
 
 def checkpoint_from_bytes(data: bytes) -> FlowCheckpoint:

@@ -53,6 +53,7 @@ from checkpoint.models import (
     ParentRef,
     PendingInput,
     checkpoint_from_bytes,
+    node_state_to_bytes,
     utcnow,
 )
 from checkpoint.retention import policy_entries
@@ -183,7 +184,7 @@ class SnapshotBuilder:
                     "internal_state": self._redact(state.internal_state),
                 }
             )
-        encoded = codec.canonical_json(_dump(state))
+        encoded = node_state_to_bytes(state)
         node_id = state.node_id
         key = self._keys.get(node_id)
         if key is None:

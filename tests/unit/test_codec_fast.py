@@ -176,3 +176,32 @@ def test_checkpoint_to_bytes_equals_the_model_dump_road(a: Any, b: Any, c: Any) 
         assert str(caught.value) == str(cause)
         return
     assert checkpoint_to_bytes(cp) == reference
+
+
+class _Price(float):
+    """A float subclass: the slow road converts it, and may make a float of it."""
+
+
+@pytest.mark.parametrize(
+    ("value", "has_floats"),
+    [
+        ({"a": ["text", {"b": 1e-05}]}, True),  # a small float deep inside
+        ([2.5e-07, 1e16, -0.0, 0.1], True),
+        ({"price": _Price(1e-06)}, True),  # through _to_jsonable
+        ({"n": float("inf"), "m": [1e-07]}, True),
+        ({"plain": ["no", "floats", 1, True, None]}, False),
+        ({"e-": "1e-5 in text", "0.00001": "not a float"}, False),
+    ],
+)
+def test_canonical_bytes_equal_json_dumps_whether_or_not_floats_are_seen(
+    value: object, has_floats: bool
+) -> None:
+    for share in (True, False):
+        floats = [False]
+        doc = codec.to_jsonable(value, floats=floats, share=share)
+        assert floats[0] is has_floats
+        fast = codec.canonical_json(doc, finite=True, floats=floats[0])
+        reference = json.dumps(
+            doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+        assert fast == reference == codec.encode(value)

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import decimal
 import enum
+import json
 import logging
 import uuid
 from typing import Any
@@ -49,6 +50,9 @@ ODD_INPUT: dict[Any, Any] = {
     "price": decimal.Decimal("1.10"),
     "id": uuid.UUID(int=9),
     "$t": "not a tag",
+    # Floats orjson and json.dumps write differently, infinities, huge integers.
+    "floats": [1e-05, 2.5e-07, 0.1, 1e16, -0.0, float("inf"), float("-inf")],
+    "big": 2**70,
 }
 
 
@@ -111,6 +115,11 @@ def test_builder_bytes_equal_the_canonical_encoding_of_the_same_checkpoint() -> 
         metadata={"event": "pending_input", "n": (1, 2)},
     )
     assert snap.raw == checkpoint_to_bytes(expected)
+    # Canonical means json.dumps' own form, whichever encoder wrote it.
+    reference = json.dumps(
+        json.loads(snap.raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert snap.raw == reference.encode()
     decoded = checkpoint_from_bytes(snap.raw)
     assert decoded == expected
     assert checkpoint_to_bytes(decoded) == snap.raw
