@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import msgspec
 import orjson
 import zstandard
 
@@ -76,6 +77,7 @@ __all__ = [
     "decode",
     "encode",
     "from_jsonable",
+    "loads",
     "open_sealed",
     "register_enum",
     "seal",
@@ -294,12 +296,45 @@ def _enum(value: enum.Enum, path: str, depth: int) -> dict[str, Any]:
     return {TAG: "enum", "cls": _enum_name(type(value)), "v": encoded}
 
 
-def from_jsonable(obj: Any) -> Any:
-    """Inverse of :func:`to_jsonable`; raises :class:`CodecError` on unknown or malformed tags."""
+def from_jsonable(obj: Any, *, fresh: bool = False) -> Any:
+    """Inverse of :func:`to_jsonable`; raises :class:`CodecError` on unknown or malformed tags.
+
+    ``fresh=True`` says ``obj`` was just made by a JSON decoder and is the caller's to
+    change: tagged values are then replaced where they stand and every other container
+    is kept, instead of the whole value being copied (most of it has no tag).
+    """
     try:
-        return _from_jsonable(obj, 0)
+        return _fresh(obj, 0) if fresh else _from_jsonable(obj, 0)
     except RecursionError:
         raise CodecError("checkpoint data is nested too deeply to decode") from None
+
+
+def _fresh(obj: Any, depth: int) -> Any:
+    """:func:`_from_jsonable` for a JSON decoder's output (exact types, owned by nobody)."""
+    kind = type(obj)
+    if kind is dict:
+        if TAG in obj:
+            return _from_jsonable(obj, depth)  # the careful road decodes the tag
+    elif kind is not list:
+        return obj
+    if depth >= MAX_DEPTH:
+        raise CodecError(f"checkpoint data is nested deeper than {MAX_DEPTH} levels")
+    inner = depth + 1
+    if kind is dict:
+        for k, v in obj.items():  # replacing a value keeps the dict's size: safe mid-loop
+            t = type(v)
+            if t is dict or t is list:
+                new = _fresh(v, inner)
+                if new is not v:
+                    obj[k] = new
+    else:
+        for i, v in enumerate(obj):
+            t = type(v)
+            if t is dict or t is list:
+                new = _fresh(v, inner)
+                if new is not v:
+                    obj[i] = new
+    return obj
 
 
 def _from_jsonable(obj: Any, depth: int) -> Any:
@@ -466,15 +501,27 @@ def encode(value: Any) -> bytes:
     return canonical_json(doc, finite=True, floats=floats[0])
 
 
+def loads(data: bytes) -> Any:
+    """``json.loads(data)``, made by msgspec when it can (twice as fast, the same values).
+
+    msgspec refuses a few inputs ``json.loads`` takes (NaN, a lone surrogate escape, a
+    byte order mark): those go to ``json.loads``, which also raises the errors.
+    """
+    try:
+        return msgspec.json.decode(data)
+    except (ValueError, RecursionError):
+        return json.loads(data)
+
+
 def decode(data: bytes) -> Any:
     """Decode bytes written by :func:`encode`; raises :class:`CodecError` if they are not."""
     try:
-        obj = json.loads(data)
+        obj = loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CodecError(f"checkpoint bytes are not valid JSON: {exc}") from exc
     except RecursionError:
         raise CodecError("checkpoint bytes are nested too deeply to decode") from None
-    return from_jsonable(obj)
+    return from_jsonable(obj, fresh=True)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -96,7 +95,7 @@ class NodeStatus(enum.StrEnum):
 def _decode_user(value: Any, info: ValidationInfo) -> Any:
     # Only wire data carries codec tags; a value built in Python is taken as it is.
     if info.context and info.context.get("wire"):
-        return codec.from_jsonable(value)
+        return codec.from_jsonable(value, fresh=True)  # checkpoint_from_bytes' own document
     return value
 
 
@@ -342,7 +341,7 @@ def checkpoint_from_bytes(data: bytes) -> FlowCheckpoint:
     Raises :class:`CorruptCheckpointError` when the bytes are not a checkpoint.
     """
     try:
-        doc = json.loads(data)
+        doc = codec.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptCheckpointError(f"checkpoint is not valid JSON: {exc}") from exc
     except RecursionError:

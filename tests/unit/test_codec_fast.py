@@ -205,3 +205,51 @@ def test_canonical_bytes_equal_json_dumps_whether_or_not_floats_are_seen(
             doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
         assert fast == reference == codec.encode(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # NaN and -0.0 are values the codec keeps: compare their bits, not equality.
+    return repr(a) == repr(b) and type(a) is type(b)
+
+
+@given(values)
+def test_fresh_decoding_in_place_equals_the_copying_decoder(value: Any) -> None:
+    data = codec.encode(value)
+    copied = codec.from_jsonable(json.loads(data))
+    in_place = codec.from_jsonable(json.loads(data), fresh=True)
+    assert _same(in_place, copied)
+    assert _same(codec.decode(data), copied)
+
+
+def test_fresh_decoding_keeps_untagged_containers_and_replaces_tags_where_they_stand() -> None:
+    doc = json.loads(codec.encode({"plain": [1, {"a": "b"}], "raw": b"\x00"}))
+    plain = doc["plain"]
+    out = codec.from_jsonable(doc, fresh=True)
+    assert out is doc and out["plain"] is plain
+    assert out == {"plain": [1, {"a": "b"}], "raw": b"\x00"}
+
+
+def test_fresh_decoding_refuses_the_same_depth() -> None:
+    deep: Any = "leaf"
+    for _ in range(codec.MAX_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(CodecError, match="nested deeper"):
+        codec.from_jsonable(deep)
+    with pytest.raises(CodecError, match="nested deeper"):
+        codec.from_jsonable(deep, fresh=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"NaN", b'"\\ud800"', b"\xef\xbb\xbf[1]", b"[1e400]", b"123456789012345678901234567890"],
+)
+def test_loads_gives_what_json_loads_gives(data: bytes) -> None:
+    assert _same(codec.loads(data), json.loads(data))
+
+
+@pytest.mark.parametrize("data", [b"", b"[1,]", b'"\\x"', b"\xff", b"[" * 5000 + b"]" * 5000])
+def test_loads_refuses_what_json_loads_refuses(data: bytes) -> None:
+    with pytest.raises((ValueError, RecursionError)):
+        json.loads(data)
+    with pytest.raises((ValueError, RecursionError)):
+        codec.loads(data)
