@@ -127,6 +127,12 @@ MUTATIONS = [
     ),
     ("FlowpointChecksumFailure", 'reason="checksum"}[10m]', 'reason="malformed"}[10m]'),
     (
+        "FlowpointCheckpointRefused",
+        'reason="refused_by_store"}[10m]',
+        'reason="checksum"}[10m]',
+    ),
+    ("FlowpointDeadLetter", 'result="dead_letter"}[10m]) > 0', 'result="dead_letter"}[10m]) > 5'),
+    (
         "FlowpointSidecarDown",
         'up{job="flowpoint-sidecar"} == 0',
         'up{job="flowpoint-sidecar"} == 1',

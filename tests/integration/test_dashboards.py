@@ -47,6 +47,7 @@ CONTRACT_METRICS = {
     "flowpoint_spool_bytes",
     "flowpoint_spool_records",
     "flowpoint_spool_oldest_age_seconds",
+    "flowpoint_spool_replayed_total",
     "flowpoint_resume_seconds",
     "flowpoint_claim_conflicts_total",
     "flowpoint_http_request_seconds",
