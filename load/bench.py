@@ -1,9 +1,10 @@
 """Run Flowpoint's benchmarks: ``python -m load.bench`` (what ``make bench`` runs).
 
 Each section is a module ``load/bench_<name>.py`` exposing ``run(print_fn=print)``:
-``codec`` (codec throughput), ``flow`` (the workflow runtime), ``sidecar`` (end-to-end
-saves through the sidecar). A module that is not there is reported as not available;
-one that fails is reported and makes the exit status 1, after the other sections ran.
+``codec`` (codec throughput), ``flow`` (the workflow runtime), ``ingest`` (the sidecar's
+CPU per checkpoint), ``sidecar`` (end-to-end saves through the sidecar). A module that is
+not there is reported as not available; one that fails is reported and makes the exit
+status 1, after the other sections ran.
 
     python -m load.bench                      # every available section
     python -m load.bench --only codec,flow    # a selection, in the order given
@@ -26,6 +27,7 @@ from typing import Any, Literal
 SECTIONS: dict[str, str] = {
     "codec": "codec throughput: FlowCheckpoint <-> sealed bytes",
     "flow": "workflow runtime: runs, resumes and checkpoint overhead",
+    "ingest": "the sidecar's CPU per checkpoint on its ingest path (one process, no I/O)",
     "sidecar": "end-to-end saves through the sidecar into PostgreSQL",
 }
 

@@ -327,7 +327,8 @@ def _tables(
     return main_head, main_rows, stage_head, stage_rows
 
 
-def _render(title: str, head: list[str], rows: list[list[str]]) -> str:
+def render_table(title: str, head: list[str], rows: list[list[str]]) -> str:
+    """A rich table as text (a plain one without rich), for the benchmark reports."""
     try:
         from rich.console import Console
         from rich.table import Table
@@ -360,13 +361,13 @@ def run(
         results.append(bench_payload(label, target, per_case))
     main_head, main_rows, stage_head, stage_rows = _tables(results)
     print_fn(
-        _render(
+        render_table(
             f"codec round trips (median of ~{per_case:g} s per case; MB/s over raw bytes)",
             main_head,
             main_rows,
         )
     )
-    print_fn(_render("stages", stage_head, stage_rows))
+    print_fn(render_table("stages", stage_head, stage_rows))
     return results
 
 

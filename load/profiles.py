@@ -375,6 +375,39 @@ class Encoded:
     trace_id: str
 
 
+def checkpoint_span(
+    cp: FlowCheckpoint,
+    payload: bytes,
+    sha256: str,
+    *,
+    epoch: int,
+    start_ns: int,
+    trace_id: bytes,
+    parent_id: bytes,
+) -> Span:
+    """The ``checkpoint.save`` span of ``cp`` (its canonical ``payload``), wire contract."""
+    return Span(
+        trace_id=trace_id,
+        span_id=os.urandom(8),
+        parent_span_id=parent_id,
+        name=SPAN_NAME,
+        kind=Span.SpanKind.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=start_ns,
+        end_time_unix_nano=time.time_ns(),
+        attributes=[
+            _kv("flowpoint.tenant_id", cp.tenant_id),
+            _kv("flowpoint.flow_id", cp.flow_id),
+            _kv("flowpoint.run_id", cp.run_id),
+            _kv("flowpoint.seq", cp.seq),
+            _kv("flowpoint.status", str(cp.status)),
+            _kv("flowpoint.schema_version", cp.schema_version),
+            _kv("flowpoint.epoch", epoch),
+            _kv("flowpoint.sha256", sha256),
+            _kv("flowpoint.payload", payload),
+        ],
+    )
+
+
 def encode_save(
     run: RunState,
     seq: int,
@@ -391,31 +424,13 @@ def encode_save(
     """
     start_ns = time.time_ns()
     trace_id = os.urandom(16)
-    span_id = os.urandom(8)
     parent_id = os.urandom(8)
     traceparent = f"00-{trace_id.hex()}-{parent_id.hex()}-01"
     cp = build_checkpoint(run, seq, status, tenant_id=tenant_id, traceparent=traceparent)
     payload = checkpoint_to_bytes(cp)
     sha = hashlib.sha256(payload).hexdigest()
-    span = Span(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=parent_id,
-        name=SPAN_NAME,
-        kind=Span.SpanKind.SPAN_KIND_INTERNAL,
-        start_time_unix_nano=start_ns,
-        end_time_unix_nano=time.time_ns(),
-        attributes=[
-            _kv("flowpoint.tenant_id", tenant_id),
-            _kv("flowpoint.flow_id", run.kind.flow_id),
-            _kv("flowpoint.run_id", run.run_id),
-            _kv("flowpoint.seq", seq),
-            _kv("flowpoint.status", str(status)),
-            _kv("flowpoint.schema_version", cp.schema_version),
-            _kv("flowpoint.epoch", epoch),
-            _kv("flowpoint.sha256", sha),
-            _kv("flowpoint.payload", payload),
-        ],
+    span = checkpoint_span(
+        cp, payload, sha, epoch=epoch, start_ns=start_ns, trace_id=trace_id, parent_id=parent_id
     )
     body = export_body([span], service_name="flowpoint-load-worker", pod=pod)
     return Encoded(body=body, raw_size=len(payload), sha256=sha, trace_id=trace_id.hex())
