@@ -307,9 +307,7 @@ def checkpoint_to_bytes(cp: FlowCheckpoint) -> bytes:
         zip(cp.node_states, doc["node_states"].values(), strict=True)
     )
     for node_id, state in cp.node_states.items():
-        node_doc = node_docs[node_id]
-        for name in _USER_FIELDS:
-            node_doc[name] = share(getattr(state, name), f"$.node_states.{state.node_id}.{name}")
+        _share_user_fields(state, node_docs[node_id], floats)
     for pending, pending_doc in zip(cp.pending_inputs, doc["pending_inputs"], strict=True):
         pending_doc["metadata"] = share(
             pending.metadata, f"$.pending_inputs[{pending.path}].metadata"
@@ -328,11 +326,16 @@ def node_state_to_bytes(state: NodeState) -> bytes:
     except (ValueError, TypeError) as exc:
         raise CodecError(str(exc)) from exc
     floats = [False]  # the model's own fields hold no floats
-    for name in _USER_FIELDS:
-        where = f"$.node_states.{state.node_id}.{name}"
-        doc[name] = codec.to_jsonable(getattr(state, name), where, share=True, floats=floats)
+    _share_user_fields(state, doc, floats)
     # to_jsonable leaves no NaN or infinity.
     return codec.canonical_json(doc, finite=True, floats=floats[0])
+
+
+def _share_user_fields(state: NodeState, node_doc: dict[str, Any], floats: list[bool]) -> None:
+    """Put ``state``'s user values into its JSON document, as its field serializers would."""
+    for name in _USER_FIELDS:
+        where = f"$.node_states.{state.node_id}.{name}"
+        node_doc[name] = codec.to_jsonable(getattr(state, name), where, share=True, floats=floats)
 
 
 def checkpoint_from_bytes(data: bytes) -> FlowCheckpoint:

@@ -31,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 import zstandard
 from aiohttp import web
 
+from checkpoint import codec
 from checkpoint.crypto import Keyring, record_aad
 from checkpoint.errors import (
     CheckpointRefusedError,
@@ -187,20 +187,18 @@ def parse_checkpoint(payload: bytes) -> FlowCheckpoint:
 
     Decoding codec tags (``{"$t": ...}``) means walking every user value in Python,
     which dominates the cost of a large checkpoint. A payload with no ``$`` in it (nor
-    an escaped one) cannot hold a tag, so the reference road's ``json.loads`` and tag
-    decoding can be replaced by msgspec's decoder, which builds the same values twice
-    as fast (integers past 64 bits included; orjson turns those into floats), and the
-    same pydantic validation. Whatever msgspec refuses (NaN, a lone surrogate, a BOM),
-    a tag, an older schema version or a payload the model refuses takes the reference
-    road, which also produces the precise error. Only the original bytes are ever
-    stored, so the parsed model serves validation, the summary and the events.
+    an escaped one) cannot hold a tag, so it is parsed as the reference road parses it
+    (``codec.loads``) and validated by the same model without the tag walk. A tag, an
+    older schema version or a payload the model refuses takes the reference road, which
+    also produces the precise error. Only the original bytes are ever stored, so the
+    parsed model serves validation, the summary and the events.
     """
     # memchr-fast checks first: most payloads have no "$", many have no backslash at all.
     if b"$" in payload or (b"\\" in payload and b"\\u0024" in payload):
         return checkpoint_from_bytes(payload)
     try:
-        cp = FlowCheckpoint.model_validate(msgspec.json.decode(payload))
-    except (ValueError, RecursionError):  # msgspec's DecodeError, pydantic's ValidationError
+        cp = FlowCheckpoint.model_validate(codec.loads(payload))
+    except (ValueError, RecursionError):  # bad JSON, or pydantic's ValidationError
         return checkpoint_from_bytes(payload)
     if cp.schema_version != SCHEMA_VERSION:
         return checkpoint_from_bytes(payload)  # migrations run on the reference road
